@@ -1,0 +1,176 @@
+//! Splitting a control-connection byte stream into whole lines, and Telnet clean-up.
+//!
+//! A line ends at LF (normally preceded by CR). Nothing is acted on until its terminator
+//! has arrived, so a command split across TCP segments is read exactly as a server reads
+//! it. Lines keep their terminator so that lines which need no rewrite are forwarded byte
+//! for byte.
+
+use std::borrow::Cow;
+
+/// Why the framer gave up on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// More than the permitted number of bytes without a line terminator.
+    #[error("line longer than {max} bytes")]
+    TooLong {
+        /// The limit, terminator included.
+        max: usize,
+    },
+}
+
+/// Accumulates bytes and hands out complete lines. Its buffer grows only as far as the
+/// longest partial line seen and is released when it drains, so idle sessions stay small.
+#[derive(Debug)]
+pub struct LineFramer {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl LineFramer {
+    /// A framer that refuses lines longer than `max` bytes, terminator included.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Takes the next complete line (terminator included), if one has arrived.
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, LineError> {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(end) if end < self.max => {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if self.buf.is_empty() {
+                    self.buf = Vec::new();
+                }
+                Ok(Some(line))
+            }
+            Some(_) => Err(LineError::TooLong { max: self.max }),
+            None if self.buf.len() >= self.max => Err(LineError::TooLong { max: self.max }),
+            None => Ok(None),
+        }
+    }
+
+    /// Hands back every byte not yet returned as a line (for switching to a blind relay).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Whether bytes are waiting without a terminator.
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+}
+
+const IAC: u8 = 255;
+const WILL: u8 = 251;
+const DONT: u8 = 254;
+/// Telnet command bytes are 240 (SE) to 255 (IAC).
+const TELNET_COMMANDS: u8 = 240;
+
+/// Removes the line terminator and Telnet command sequences (RFC 854) from a line.
+///
+/// Clients send `IAC IP IAC DM` (Telnet "interrupt process" and "data mark") in front of
+/// `ABOR`; option negotiation (`IAC WILL x` …) is three bytes; `IAC IAC` is a literal 255.
+pub fn clean_line(line: &[u8]) -> Cow<'_, [u8]> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if !line.contains(&IAC) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        match (line[i], line.get(i + 1)) {
+            (IAC, Some(&IAC)) => {
+                out.push(IAC);
+                i += 2;
+            }
+            (IAC, Some(&cmd)) if (WILL..=DONT).contains(&cmd) => i += 3,
+            (IAC, Some(&cmd)) if cmd >= TELNET_COMMANDS => i += 2,
+            // A lone IAC: its data mark was taken out of band by the kernel.
+            (IAC, _) => i += 1,
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frames_across_segments() {
+        let mut f = LineFramer::new(64);
+        f.push(b"PO");
+        assert_eq!(f.next_line(), Ok(None));
+        f.push(b"RT 1,2,3,4,5,6\r");
+        assert_eq!(f.next_line(), Ok(None));
+        f.push(b"\nNOOP\r\nQU");
+        assert_eq!(f.next_line().unwrap().unwrap(), b"PORT 1,2,3,4,5,6\r\n");
+        assert_eq!(f.next_line().unwrap().unwrap(), b"NOOP\r\n");
+        assert_eq!(f.next_line(), Ok(None));
+        assert!(f.has_partial());
+        assert_eq!(f.take_rest(), b"QU");
+    }
+
+    #[test]
+    fn limit_counts_the_terminator() {
+        let mut f = LineFramer::new(8);
+        f.push(b"NOOP123\r\n");
+        assert_eq!(f.next_line(), Err(LineError::TooLong { max: 8 }));
+        let mut f = LineFramer::new(8);
+        f.push(b"NOOP12\r\n");
+        assert_eq!(f.next_line().unwrap().unwrap(), b"NOOP12\r\n");
+        let mut f = LineFramer::new(8);
+        f.push(b"AAAAAAAAAAAA");
+        assert_eq!(f.next_line(), Err(LineError::TooLong { max: 8 }));
+    }
+
+    #[test]
+    fn telnet_sequences_before_abor() {
+        assert_eq!(&*clean_line(b"\xff\xf4\xff\xf2ABOR\r\n"), b"ABOR");
+        assert_eq!(&*clean_line(b"\xff\xf4\xffABOR\r\n"), b"ABOR");
+        assert_eq!(&*clean_line(b"\xff\xfb\x01NOOP\r\n"), b"NOOP");
+        assert_eq!(&*clean_line(b"RETR a\xff\xffb\r\n"), b"RETR a\xffb");
+        assert_eq!(&*clean_line(b"NOOP\n"), b"NOOP");
+    }
+
+    proptest! {
+        #[test]
+        fn framing_reassembles_any_split(lines in proptest::collection::vec("[ -~]{0,30}", 0..8), cut in 0usize..300) {
+            let stream: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\r\n").into_bytes()).collect();
+            let cut = cut.min(stream.len());
+            let mut f = LineFramer::new(64);
+            let mut got = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                f.push(part);
+                while let Some(line) = f.next_line().unwrap() {
+                    got.push(String::from_utf8(clean_line(&line).into_owned()).unwrap());
+                }
+            }
+            prop_assert_eq!(got, lines);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+            let mut f = LineFramer::new(32);
+            for c in chunks {
+                f.push(&c);
+                while let Ok(Some(line)) = f.next_line() {
+                    let _ = clean_line(&line);
+                }
+            }
+        }
+    }
+}

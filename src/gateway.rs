@@ -1,0 +1,539 @@
+//! The async shell: listening sockets, admission (ACLs and limits), upstream resolution,
+//! and one task per control session that feeds socket events into a
+//! [`Session`](crate::session::Session) and performs the actions it returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::config::{Config, GatewayConfig, Limits, Upstream};
+use crate::data::channel::{self, ChannelContext};
+use crate::data::ports::PortPool;
+use crate::session::{
+    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Event,
+    Session, SessionParams, SideAddrs, UpstreamKind,
+};
+use crate::telemetry;
+
+/// How long connecting to an upstream control port may take.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Read buffer per control connection direction.
+const CONTROL_BUFFER: usize = 4096;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listening socket could not be bound.
+    #[error("gateway {name:?}: cannot listen on {addr}: {error}")]
+    Bind {
+        /// Gateway name.
+        name: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+/// Session counts shared by all gateways, for `max_sessions` and `max_sessions_per_client`.
+#[derive(Debug, Default)]
+struct Admission {
+    state: Mutex<AdmissionState>,
+}
+
+#[derive(Debug, Default)]
+struct AdmissionState {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// Holds one admitted session's place; gives it back on drop.
+struct AdmissionTicket {
+    admission: Arc<Admission>,
+    client: IpAddr,
+}
+
+impl Admission {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(
+        self: &Arc<Self>,
+        client: IpAddr,
+        limits: &Limits,
+    ) -> Result<AdmissionTicket, &'static str> {
+        let mut st = self.lock();
+        if st.total >= limits.max_sessions {
+            return Err("max_sessions");
+        }
+        let mine = st.per_client.entry(client).or_insert(0);
+        if *mine >= limits.max_sessions_per_client {
+            return Err("max_sessions_per_client");
+        }
+        *mine += 1;
+        st.total += 1;
+        Ok(AdmissionTicket {
+            admission: Arc::clone(self),
+            client,
+        })
+    }
+
+    fn active(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for AdmissionTicket {
+    fn drop(&mut self) {
+        let mut st = self.admission.lock();
+        st.total -= 1;
+        if let Some(n) = st.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                st.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// What every session of one gateway shares.
+struct GatewayContext {
+    cfg: GatewayConfig,
+    name: Arc<str>,
+    limits: Limits,
+    pool: Arc<PortPool>,
+    admission: Arc<Admission>,
+    listen_addr: SocketAddr,
+}
+
+/// All configured gateways, bound and ready to serve.
+pub struct Gateways {
+    bound: Vec<(TcpListener, Arc<GatewayContext>)>,
+    admission: Arc<Admission>,
+}
+
+impl Gateways {
+    /// Binds every gateway's listening socket.
+    pub async fn bind(config: &Config) -> Result<Self, GatewayError> {
+        let admission = Arc::new(Admission::default());
+        let mut bound = Vec::new();
+        for g in &config.gateways {
+            let err = |error| GatewayError::Bind {
+                name: g.name.clone(),
+                addr: g.listen,
+                error,
+            };
+            let listener = bind_control(g).map_err(err)?;
+            let listen_addr = listener.local_addr().map_err(err)?;
+            let ctx = GatewayContext {
+                cfg: g.clone(),
+                name: Arc::from(g.name.as_str()),
+                limits: config.limits.clone(),
+                pool: PortPool::new(g.data_ports),
+                admission: Arc::clone(&admission),
+                listen_addr,
+            };
+            bound.push((listener, Arc::new(ctx)));
+        }
+        Ok(Self { bound, admission })
+    }
+
+    /// The bound control addresses, by gateway name (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.bound
+            .iter()
+            .map(|(_, ctx)| (ctx.cfg.name.clone(), ctx.listen_addr))
+            .collect()
+    }
+
+    /// Serves until `shutdown` becomes true, then stops accepting and waits up to `grace`
+    /// for open sessions to end.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut accept_loops = Vec::new();
+        for (listener, ctx) in self.bound {
+            tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, "gateway listening");
+            accept_loops.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone())));
+        }
+        stopped(&mut shutdown).await;
+        for l in accept_loops {
+            l.abort();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.admission.active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.admission.active();
+        if left > 0 {
+            tracing::warn!(sessions = left, "grace period over; closing open sessions");
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (or the sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(g.listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if g.listen.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if g.upstream == Upstream::Transparent {
+        // TPROXY delivers connections for foreign addresses only to transparent sockets.
+        if let Err(e) = crate::sys::set_transparent(&socket, g.listen.is_ipv6()) {
+            tracing::info!(gateway = %g.name, error = %e, "IP_TRANSPARENT unavailable: REDIRECT works, TPROXY does not");
+        }
+    }
+    socket.bind(&g.listen.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<GatewayContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::error!(gateway = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(admit(Arc::clone(&ctx), stream, peer));
+    }
+}
+
+async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr) {
+    let client_ip = peer.ip().to_canonical();
+    if !ctx.cfg.client_allowed(client_ip) {
+        telemetry::refused(&ctx.name, "allow_clients");
+        tracing::warn!(gateway = %ctx.name, client = %peer, rule = "allow_clients", "refused control connection");
+        return;
+    }
+    let ticket = match ctx.admission.admit(client_ip, &ctx.limits) {
+        Ok(t) => t,
+        Err(limit) => {
+            telemetry::refused(&ctx.name, limit);
+            tracing::warn!(gateway = %ctx.name, client = %peer, rule = limit, "session limit reached");
+            let _ = stream
+                .write_all(b"421 Too many connections; try again later.\r\n")
+                .await;
+            return;
+        }
+    };
+    let target = match &ctx.cfg.upstream {
+        Upstream::Transparent => match transparent_target(&ctx, &stream) {
+            Ok(t) => Some(Target::Addr(t)),
+            Err(why) => {
+                tracing::warn!(gateway = %ctx.name, client = %peer, %why, "refused transparent connection");
+                let _ = stream.write_all(format!("421 {why}.\r\n").as_bytes()).await;
+                return;
+            }
+        },
+        Upstream::Fixed { host, port } => Some(Target::Name(host.clone(), *port)),
+        Upstream::Explicit => None,
+    };
+    telemetry::session_opened(&ctx.name);
+    let span = tracing::info_span!("session", gateway = %ctx.name, client = %peer);
+    async {
+        tracing::info!("session opened");
+        match serve(Arc::clone(&ctx), stream, peer, target).await {
+            Ok(()) => tracing::info!("session closed"),
+            Err(e) => tracing::info!(error = %e, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await;
+    telemetry::session_closed(&ctx.name);
+    drop(ticket);
+}
+
+/// Where a session's control connection goes.
+enum Target {
+    Addr(SocketAddr),
+    Name(String, u16),
+}
+
+fn transparent_target(ctx: &GatewayContext, stream: &TcpStream) -> Result<SocketAddr, String> {
+    let dst = crate::sys::original_destination(stream)
+        .map_err(|e| format!("cannot read the original destination: {e}"))?;
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    if dst == local || dst == ctx.listen_addr {
+        telemetry::refused(&ctx.name, "not_redirected");
+        return Err("this port only serves redirected connections".into());
+    }
+    if !ctx.cfg.server_allowed(dst.ip()) {
+        telemetry::refused(&ctx.name, "deny_servers");
+        return Err(format!("server {} is not allowed", dst.ip()));
+    }
+    Ok(dst)
+}
+
+/// Resolves and connects to an upstream, trying each address in turn.
+async fn connect_upstream(
+    target: Target,
+    from: IpAddr,
+    check_deny: Option<Arc<GatewayContext>>,
+) -> Result<TcpStream, String> {
+    let candidates: Vec<SocketAddr> = match target {
+        Target::Addr(a) => vec![a],
+        Target::Name(host, port) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .collect(),
+    };
+    let mut last = String::from("no address to connect to");
+    for addr in candidates {
+        if let Some(ctx) = &check_deny {
+            if !ctx.cfg.server_allowed(addr.ip()) {
+                telemetry::refused(&ctx.name, "deny_servers");
+                last = format!("server {} is not allowed", addr.ip());
+                continue;
+            }
+        }
+        if !from.is_unspecified() && from.is_ipv4() != addr.is_ipv4() {
+            last = format!("{addr} is not reachable from {from}");
+            continue;
+        }
+        let dial = channel::dial(addr, DialSource::Bind(from));
+        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, dial).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: timed out"),
+        }
+    }
+    Err(last)
+}
+
+/// The shell's data-channel operations for one session.
+struct SessionData {
+    ctx: Arc<GatewayContext>,
+    channel_ctx: ChannelContext,
+    tasks: HashMap<ChannelId, AbortHandle>,
+}
+
+impl DataChannels for SessionData {
+    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
+        let (listener, lease) = self.ctx.pool.bind(plan.listen).inspect_err(|e| {
+            if *e == DataOpenError::Exhausted {
+                telemetry::refused(&self.ctx.name, "data_ports_exhausted");
+            }
+        })?;
+        let listener =
+            TcpListener::from_std(listener).map_err(|e| DataOpenError::Listen(e.to_string()))?;
+        let port = lease.port();
+        let task = tokio::spawn(channel::run(
+            id,
+            listener,
+            lease,
+            plan.clone(),
+            self.channel_ctx.clone(),
+        ));
+        self.tasks.insert(id, task.abort_handle());
+        tracing::debug!(channel = id, port, ?plan, "data channel opened");
+        Ok(port)
+    }
+
+    fn cancel(&mut self, id: ChannelId) {
+        if let Some(task) = self.tasks.remove(&id) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SessionData {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
+
+/// Runs one control session to its end.
+async fn serve(
+    ctx: Arc<GatewayContext>,
+    client: TcpStream,
+    peer: SocketAddr,
+    target: Option<Target>,
+) -> io::Result<()> {
+    let cfg = &ctx.cfg;
+    let _ = client.set_nodelay(true);
+    let mut session = Session::new(SessionParams {
+        upstream: if target.is_some() {
+            UpstreamKind::Fixed
+        } else {
+            UpstreamKind::Explicit
+        },
+        client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        client_side: SideAddrs {
+            address: cfg.client_side.address,
+            announce: cfg.client_announce(),
+        },
+        server_side: SideAddrs {
+            address: cfg.server_side.address,
+            announce: cfg.server_announce(),
+        },
+        client_source: cfg.client_source,
+        tls: cfg.tls,
+        max_line: ctx.limits.max_line,
+    });
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut data = SessionData {
+        ctx: Arc::clone(&ctx),
+        channel_ctx: ChannelContext {
+            gateway: Arc::clone(&ctx.name),
+            timeout: ctx.limits.data_accept_timeout.0,
+            events: events_tx,
+        },
+        tasks: HashMap::new(),
+    };
+    let from = cfg.server_side.address;
+    let mut connecting: Option<Connecting> =
+        target.map(|t| Box::pin(connect_upstream(t, from, None)) as Connecting);
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let mut server: Option<(OwnedReadHalf, OwnedWriteHalf)> = None;
+    let mut cbuf = [0u8; CONTROL_BUFFER];
+    let mut sbuf = [0u8; CONTROL_BUFFER];
+    let idle = ctx.limits.idle_timeout.0;
+    let idle_sleep = tokio::time::sleep(idle);
+    tokio::pin!(idle_sleep);
+
+    let mut actions = session.start();
+    loop {
+        let mut finished = false;
+        for action in actions.drain(..) {
+            match action {
+                Action::ToClient(bytes) => client_wr.write_all(&bytes).await?,
+                Action::ToServer(bytes) => match &mut server {
+                    Some((_, wr)) => wr.write_all(&bytes).await?,
+                    None => tracing::debug!("dropped server-bound bytes before connect"),
+                },
+                Action::ConnectUpstream { host, port } => {
+                    connecting = Some(Box::pin(connect_upstream(
+                        Target::Name(host, port),
+                        from,
+                        Some(Arc::clone(&ctx)),
+                    )));
+                }
+                Action::Close => finished = true,
+            }
+        }
+        if finished {
+            let _ = client_wr.shutdown().await;
+            if let Some((_, wr)) = &mut server {
+                let _ = wr.shutdown().await;
+            }
+            return Ok(());
+        }
+        let event_owned: OwnedEvent = tokio::select! {
+            r = client_rd.read(&mut cbuf) => match r? {
+                0 => OwnedEvent::ClientClosed,
+                n => OwnedEvent::Client(n),
+            },
+            r = read_server(&mut server, &mut sbuf), if server.is_some() => match r {
+                Ok(0) | Err(_) => OwnedEvent::ServerClosed,
+                Ok(n) => OwnedEvent::Server(n),
+            },
+            r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                match r {
+                    Ok(stream) => {
+                        let addr = stream.peer_addr()?;
+                        let _ = stream.set_nodelay(true);
+                        tracing::info!(server = %addr, "connected upstream");
+                        server = Some(stream.into_split());
+                        OwnedEvent::Connected(addr)
+                    }
+                    Err(why) => OwnedEvent::ConnectFailed(why),
+                }
+            },
+            Some((id, ev)) = events_rx.recv() => {
+                if matches!(ev, DataEvent::Finished | DataEvent::Failed(_)) {
+                    data.tasks.remove(&id);
+                }
+                OwnedEvent::Data(id, ev)
+            },
+            _ = &mut idle_sleep => OwnedEvent::Idle,
+        };
+        if !matches!(event_owned, OwnedEvent::Idle | OwnedEvent::Data(..)) {
+            idle_sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + idle);
+        }
+        let event = match &event_owned {
+            OwnedEvent::Client(n) => Event::ClientData(&cbuf[..*n]),
+            OwnedEvent::Server(n) => Event::ServerData(&sbuf[..*n]),
+            OwnedEvent::ClientClosed => Event::ClientClosed,
+            OwnedEvent::ServerClosed => Event::ServerClosed,
+            OwnedEvent::Connected(addr) => Event::UpstreamConnected(*addr),
+            OwnedEvent::ConnectFailed(why) => Event::UpstreamFailed(why.clone()),
+            OwnedEvent::Data(id, ev) => Event::Data(*id, ev.clone()),
+            OwnedEvent::Idle => {
+                idle_sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle);
+                if session.has_data_channels() {
+                    continue;
+                }
+                tracing::info!(rule = "idle_timeout", "closing idle session");
+                telemetry::refused(&ctx.name, "idle_timeout");
+                client_wr
+                    .write_all(b"421 Idle timeout; closing control connection.\r\n")
+                    .await?;
+                return Ok(());
+            }
+        };
+        actions = session.handle(event, &mut data);
+    }
+}
+
+enum OwnedEvent {
+    Client(usize),
+    Server(usize),
+    ClientClosed,
+    ServerClosed,
+    Connected(SocketAddr),
+    ConnectFailed(String),
+    Data(ChannelId, DataEvent),
+    Idle,
+}
+
+async fn read_server(
+    server: &mut Option<(OwnedReadHalf, OwnedWriteHalf)>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match server {
+        Some((rd, _)) => rd.read(buf).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,24 @@
+//! ftpgate: an FTP application-layer gateway for NAT edge routers.
+//!
+//! It terminates the FTP control connection, rewrites the addresses that `PORT`/`EPRT`
+//! and `227`/`229` carry, and opens and relays the data connections they negotiate, so
+//! that active and passive FTP survive NAT and a default-deny firewall.
+//!
+//! The map:
+//! - [`ftp`]: the control protocol without I/O: line framing, commands, replies and the
+//!   address codecs;
+//! - [`session`]: the per-session state machine (events in, actions out) where the
+//!   protocol and security rules live;
+//! - [`data`]: data channels: the port pool, one-shot listeners, dialling and relaying;
+//! - [`gateway`]: the async shell: listeners, admission, upstreams, driving sessions;
+//! - [`config`]: the YAML schema and its validation;
+//! - [`sys`]: Linux socket options (original destination, `IP_TRANSPARENT`);
+//! - [`telemetry`]: metric names and log setup.
+
+pub mod config;
+pub mod data;
+pub mod ftp;
+pub mod gateway;
+pub mod session;
+pub mod sys;
+pub mod telemetry;

@@ -1,0 +1,946 @@
+//! The per-session state machine: control-connection bytes and data-channel events in,
+//! actions out. No sockets and no clock live here; the async shell in [`crate::gateway`]
+//! performs what this module decides.
+//!
+//! What the session tracks:
+//! - the greeting (nothing from the client is acted on before the server's `220`, or
+//!   ftpgate's own in the explicit role);
+//! - the commands sent to the server and still awaiting their final reply, in order, so
+//!   that a `227`/`229` is honoured only as the answer to the outstanding `PASV`/`EPSV` and
+//!   replies ftpgate writes itself keep their place among the server's;
+//! - the data channels it announced, and the reply gate that keeps a transfer's `150` behind
+//!   an established active-mode connection and its `226` behind the last relayed byte.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use crate::config::{ClientSource, TlsPolicy};
+use crate::ftp::command::{parse_command, parse_proxy_login, Command, EpsvArg};
+use crate::ftp::hostport::{encode_eprt_arg, encode_port_arg, find_227, find_229};
+use crate::ftp::line::{clean_line, LineFramer};
+use crate::ftp::reply::{Reply, ReplyAssembler};
+
+/// Identifies one data channel within a session.
+pub type ChannelId = u64;
+
+/// Longest server line accepted. Server output on the control channel (`STAT` listings,
+/// `HELP`) has longer lines than commands; this only bounds memory.
+pub const SERVER_MAX_LINE: usize = 64 * 1024;
+
+/// Client lines held while an explicit-proxy login is still connecting upstream.
+const MAX_DEFERRED_LINES: usize = 8;
+
+/// One end of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The side the control connection came from.
+    Client,
+    /// The FTP server's side.
+    Server,
+}
+
+/// Where a data connection that ftpgate dials starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialSource {
+    /// Bind this local address (port chosen by the kernel).
+    Bind(IpAddr),
+    /// Bind this foreign address with `IP_TRANSPARENT` (the server's, toward the client).
+    Transparent(IpAddr),
+}
+
+/// Everything the shell needs to run one data channel: listen, accept one expected peer,
+/// dial the other end, relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPlan {
+    /// Local address the one-shot listener binds (port from the data-port pool).
+    pub listen: IpAddr,
+    /// Which side will connect to the listener.
+    pub listener_faces: Side,
+    /// The only source IP the listener accepts.
+    pub expect_peer: IpAddr,
+    /// Where to connect once the peer has arrived.
+    pub dial: SocketAddr,
+    /// Where that connection starts from.
+    pub dial_from: DialSource,
+}
+
+/// Why a data channel could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataOpenError {
+    /// Every port of `data_ports` is in use.
+    #[error("no free data port")]
+    Exhausted,
+    /// Binding the listener failed for another reason.
+    #[error("cannot listen: {0}")]
+    Listen(String),
+}
+
+/// The shell's side of data channels, called synchronously by the session so that the
+/// port it announces is known at once.
+pub trait DataChannels {
+    /// Binds a listener for `plan` and starts the channel; returns the listening port.
+    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError>;
+    /// Stops a channel and releases its port; no more events come for it.
+    fn cancel(&mut self, id: ChannelId);
+}
+
+/// What happened on a data channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataEvent {
+    /// Both ends are connected and bytes are being relayed.
+    Established,
+    /// Everything the server side sent has been delivered to the client side, and the
+    /// server side has closed its sending half.
+    ServerToClientDone,
+    /// The channel ended normally.
+    Finished,
+    /// The channel failed (timeout, refused dial, reset); the reason is for the log.
+    Failed(String),
+}
+
+/// An input to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Bytes from the client's control connection.
+    ClientData(&'a [u8]),
+    /// Bytes from the server's control connection.
+    ServerData(&'a [u8]),
+    /// The client closed its control connection.
+    ClientClosed,
+    /// The server closed its control connection.
+    ServerClosed,
+    /// The upstream control connection is up; this is the server's address.
+    UpstreamConnected(SocketAddr),
+    /// The upstream could not be reached (or is not allowed); the reason is shown to the client.
+    UpstreamFailed(String),
+    /// Something happened on a data channel.
+    Data(ChannelId, DataEvent),
+}
+
+/// An output of the session, for the shell to perform in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes to the client.
+    ToClient(Vec<u8>),
+    /// Write these bytes to the server.
+    ToServer(Vec<u8>),
+    /// Explicit role: resolve and connect to this upstream, then report
+    /// [`Event::UpstreamConnected`] or [`Event::UpstreamFailed`].
+    ConnectUpstream {
+        /// Host name or address literal.
+        host: String,
+        /// Control port.
+        port: u16,
+    },
+    /// Flush what was written, then close both control connections and every data channel.
+    Close,
+}
+
+/// The two addresses of one side of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SideAddrs {
+    /// Data listeners for this side bind here; dials toward this side start here.
+    pub address: IpAddr,
+    /// The address this side's peer is told to connect to: written into `227` replies for
+    /// the client side and into `PORT`/`EPRT` for the server side.
+    pub announce: IpAddr,
+}
+
+/// How the session finds its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// The shell connects before the session starts (publish and transparent roles).
+    Fixed,
+    /// ftpgate greets the client and waits for `USER name@host[:port]`.
+    Explicit,
+}
+
+/// Everything a session needs to know about its gateway and its client.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// How the upstream is found.
+    pub upstream: UpstreamKind,
+    /// The client's control-connection address.
+    pub client: SocketAddr,
+    /// Addresses toward clients.
+    pub client_side: SideAddrs,
+    /// Addresses toward servers.
+    pub server_side: SideAddrs,
+    /// Source of active-mode data connections toward the client.
+    pub client_source: ClientSource,
+    /// What to do with `AUTH TLS`/`AUTH SSL`.
+    pub tls: TlsPolicy,
+    /// Longest client line, terminator included.
+    pub max_line: usize,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Fixed upstream: waiting for the TCP connection.
+    Connecting,
+    /// Waiting for the server's `220`; the client has not been greeted.
+    Greeting,
+    /// Explicit: greeted by ftpgate, waiting for `USER name@host`.
+    ExplicitLogin,
+    /// Explicit: connecting to the host the client named.
+    ExplicitConnecting { user: Vec<u8>, host: String },
+    /// Explicit: connected, waiting for the server's `220` to replay `USER`.
+    ExplicitGreeting { user: Vec<u8>, host: String },
+    /// Normal operation.
+    Relay,
+    /// After `AUTH` succeeded with `tls: passthrough`: bytes are relayed blindly.
+    Passthrough,
+    /// The session has asked to close.
+    Closed,
+}
+
+/// A command forwarded to the server and awaiting its final reply, or a reply ftpgate wrote
+/// itself that must wait for the replies to earlier commands.
+#[derive(Debug)]
+enum Pending {
+    Server(Awaiting),
+    Local(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Awaiting {
+    /// `PASV` or `EPSV`: `client_ext` is what the client sent, `sent_ext` what the server got.
+    Passive { client_ext: bool, sent_ext: bool },
+    /// `PORT`/`EPRT` for this channel.
+    Active(ChannelId),
+    /// `AUTH` forwarded under `tls: passthrough`.
+    Auth,
+    /// Anything else.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelState {
+    /// Listener announced; waiting for the peer and the dial.
+    Waiting,
+    /// Relaying.
+    Established,
+    /// The server side has finished sending; the client side may still be open.
+    ServerDone,
+}
+
+#[derive(Debug)]
+struct Channel {
+    id: ChannelId,
+    /// Active mode: the server connects to ftpgate, ftpgate dials the client.
+    client_active: bool,
+    state: ChannelState,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    code: Option<u16>,
+    bytes: Vec<u8>,
+}
+
+/// One control session. Create with [`Session::new`], call [`Session::start`] once, then
+/// [`Session::handle`] for every event; perform the returned actions in order.
+#[derive(Debug)]
+pub struct Session {
+    p: SessionParams,
+    phase: Phase,
+    server: Option<SocketAddr>,
+    client_lines: LineFramer,
+    server_lines: LineFramer,
+    replies: ReplyAssembler,
+    pending: VecDeque<Pending>,
+    outq: VecDeque<Outgoing>,
+    channels: Vec<Channel>,
+    prepared: Option<ChannelId>,
+    next_channel: ChannelId,
+    deferred: Vec<Vec<u8>>,
+    mismatch_logged: bool,
+    actions: Vec<Action>,
+}
+
+impl Session {
+    /// A session for one accepted client.
+    pub fn new(p: SessionParams) -> Self {
+        let phase = match p.upstream {
+            UpstreamKind::Fixed => Phase::Connecting,
+            UpstreamKind::Explicit => Phase::ExplicitLogin,
+        };
+        Self {
+            client_lines: LineFramer::new(p.max_line),
+            server_lines: LineFramer::new(SERVER_MAX_LINE),
+            p,
+            phase,
+            server: None,
+            replies: ReplyAssembler::default(),
+            pending: VecDeque::new(),
+            outq: VecDeque::new(),
+            channels: Vec::new(),
+            prepared: None,
+            next_channel: 1,
+            deferred: Vec::new(),
+            mismatch_logged: false,
+            actions: Vec::new(),
+        }
+    }
+
+    /// The first actions: in the explicit role, ftpgate's own greeting.
+    pub fn start(&mut self) -> Vec<Action> {
+        if matches!(self.phase, Phase::ExplicitLogin) {
+            self.send_client(
+                b"220 ftpgate proxy ready: log in as USER name@host[:port]\r\n".to_vec(),
+            );
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Whether any data channel is open (the shell's idle timer waits for these).
+    pub fn has_data_channels(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// Whether the session has asked to close.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Feeds one event; returns the actions to perform, in order.
+    pub fn handle(&mut self, event: Event<'_>, data: &mut dyn DataChannels) -> Vec<Action> {
+        if self.is_closed() {
+            return Vec::new();
+        }
+        match event {
+            Event::ClientData(bytes) => self.on_client_data(bytes, data),
+            Event::ServerData(bytes) => self.on_server_data(bytes, data),
+            Event::ClientClosed => {
+                tracing::debug!("client closed the control connection");
+                self.close();
+            }
+            Event::ServerClosed => {
+                tracing::debug!("server closed the control connection");
+                self.flush_all();
+                self.close();
+            }
+            Event::UpstreamConnected(addr) => self.on_upstream_connected(addr),
+            Event::UpstreamFailed(reason) => {
+                let target = match &self.phase {
+                    Phase::ExplicitConnecting { host, .. } => host.clone(),
+                    _ => "the server".to_owned(),
+                };
+                tracing::warn!(%target, %reason, "upstream connection failed");
+                self.close_with(format!("421 Cannot connect to {target}: {reason}.\r\n"));
+            }
+            Event::Data(id, ev) => self.on_data_event(id, ev, data),
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    fn on_upstream_connected(&mut self, addr: SocketAddr) {
+        self.server = Some(addr);
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Connecting => Phase::Greeting,
+            Phase::ExplicitConnecting { user, host } => Phase::ExplicitGreeting { user, host },
+            other => other,
+        };
+    }
+
+    // ---- client side -------------------------------------------------------------------
+
+    fn on_client_data(&mut self, bytes: &[u8], data: &mut dyn DataChannels) {
+        match self.phase {
+            Phase::Passthrough => {
+                self.actions.push(Action::ToServer(bytes.to_vec()));
+                return;
+            }
+            Phase::Connecting | Phase::Greeting => {
+                // Rule 7: a peer that talks before it was greeted is not an FTP client.
+                tracing::warn!(
+                    rule = "early_data",
+                    bytes = bytes.len(),
+                    "client sent data before the greeting; closing"
+                );
+                self.close_with(b"421 Protocol violation: data before greeting.\r\n".to_vec());
+                return;
+            }
+            _ => {}
+        }
+        self.client_lines.push(bytes);
+        loop {
+            let line = match self.client_lines.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(rule = "line_length", "client {e}; closing");
+                    self.close_with(
+                        format!("500 Command line too long.\r\n421 Closing: {e}.\r\n").into_bytes(),
+                    );
+                    return;
+                }
+            };
+            match self.phase {
+                Phase::ExplicitLogin => self.on_login_line(line),
+                Phase::ExplicitConnecting { .. } | Phase::ExplicitGreeting { .. } => {
+                    if self.deferred.len() >= MAX_DEFERRED_LINES {
+                        self.close_with(
+                            b"421 Too many commands before the login completed.\r\n".to_vec(),
+                        );
+                    } else {
+                        self.deferred.push(line);
+                    }
+                }
+                Phase::Relay => self.on_command_line(line, data),
+                // Client lines cannot switch phases to these mid-loop.
+                Phase::Passthrough | Phase::Connecting | Phase::Greeting | Phase::Closed => {}
+            }
+            if self.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// Explicit role, before the upstream is known.
+    fn on_login_line(&mut self, line: Vec<u8>) {
+        let clean = clean_line(&line);
+        if clean.contains(&0) {
+            self.refuse_nul();
+            return;
+        }
+        match parse_command(&clean) {
+            Command::User(arg) => match parse_proxy_login(arg) {
+                Ok(login) => {
+                    tracing::info!(host = %login.host, port = login.port, "explicit proxy login");
+                    self.actions.push(Action::ConnectUpstream {
+                        host: login.host.clone(),
+                        port: login.port,
+                    });
+                    self.phase = Phase::ExplicitConnecting {
+                        user: login.user,
+                        host: login.host,
+                    };
+                }
+                Err(e) => self.reply_local(format!("530 {e}.\r\n").into_bytes()),
+            },
+            Command::Auth(_) => self.reply_local(
+                b"534 TLS is not available before USER name@host through this proxy.\r\n".to_vec(),
+            ),
+            Command::Quit => self.close_with(b"221 Goodbye.\r\n".to_vec()),
+            _ if is_verb(&clean, "FEAT") => {
+                self.reply_local(b"211-Features:\r\n211 End\r\n".to_vec())
+            }
+            _ => self.reply_local(b"530 Log in with USER name@host[:port] first.\r\n".to_vec()),
+        }
+    }
+
+    fn refuse_nul(&mut self) {
+        tracing::warn!(rule = "nul_in_line", "client line contains NUL; closing");
+        self.close_with(b"500 NUL in command line.\r\n421 Closing connection.\r\n".to_vec());
+    }
+
+    fn on_command_line(&mut self, line: Vec<u8>, data: &mut dyn DataChannels) {
+        let clean = clean_line(&line);
+        if clean.contains(&0) {
+            self.refuse_nul();
+            return;
+        }
+        match parse_command(&clean) {
+            Command::Port(addr) => self.client_active(SocketAddr::V4(addr), false, data),
+            Command::Eprt(addr) => self.client_active(addr, true, data),
+            Command::BadAddress { verb, error } => {
+                tracing::info!(rule = "syntax", verb, %error, "refused malformed address");
+                self.reply_local(format!("501 {verb} refused: {error}.\r\n").into_bytes());
+            }
+            Command::Pasv => self.client_passive(false, data),
+            Command::Epsv(EpsvArg::All) => self.forward(line, Awaiting::Other),
+            Command::Epsv(_) => self.client_passive(true, data),
+            Command::Auth(_) if self.p.tls == TlsPolicy::Passthrough => {
+                self.forward(line, Awaiting::Auth)
+            }
+            Command::Auth(mech) => {
+                tracing::info!(rule = "tls_refused", mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
+                self.reply_local(b"534 TLS is refused by this gateway's policy.\r\n".to_vec());
+            }
+            Command::Rein => {
+                self.cancel_prepared(data);
+                self.forward(line, Awaiting::Other);
+            }
+            Command::User(_) | Command::Quit | Command::Other => {
+                self.forward(line, Awaiting::Other)
+            }
+        }
+    }
+
+    fn forward(&mut self, line: Vec<u8>, awaiting: Awaiting) {
+        self.actions.push(Action::ToServer(line));
+        self.pending.push_back(Pending::Server(awaiting));
+    }
+
+    /// A reply ftpgate writes itself, in its place among the server's replies.
+    fn reply_local(&mut self, bytes: Vec<u8>) {
+        if self.pending.is_empty() {
+            self.outq.push_back(Outgoing {
+                code: reply_code(&bytes),
+                bytes,
+            });
+            self.flush();
+        } else {
+            self.pending.push_back(Pending::Local(bytes));
+        }
+    }
+
+    /// `PORT`/`EPRT`: the client will accept a data connection at `addr`.
+    fn client_active(&mut self, addr: SocketAddr, ext: bool, data: &mut dyn DataChannels) {
+        let verb = if ext { "EPRT" } else { "PORT" };
+        let client_ip = self.p.client.ip().to_canonical();
+        if addr.ip().to_canonical() != client_ip {
+            tracing::warn!(rule = "bounce", verb, %addr, "refused data address of another host");
+            self.reply_local(
+                format!("504 {verb} refused: the address must be your own ({client_ip}).\r\n")
+                    .into_bytes(),
+            );
+            return;
+        }
+        if addr.port() < 1024 {
+            tracing::warn!(rule = "privileged_port", verb, %addr, "refused privileged data port");
+            self.reply_local(
+                format!("504 {verb} refused: data ports below 1024 are not allowed.\r\n")
+                    .into_bytes(),
+            );
+            return;
+        }
+        let Some(server) = self.server else { return };
+        let dial_from = match self.p.client_source {
+            ClientSource::Gateway => DialSource::Bind(self.p.client_side.address),
+            ClientSource::Server => DialSource::Transparent(server.ip()),
+        };
+        let plan = DataPlan {
+            listen: self.p.server_side.address,
+            listener_faces: Side::Server,
+            expect_peer: server.ip(),
+            dial: addr,
+            dial_from,
+        };
+        let (id, port) = match self.open_channel(&plan, true, data) {
+            Ok(v) => v,
+            Err(e) => {
+                self.reply_local(format!("425 Cannot open data connection: {e}.\r\n").into_bytes());
+                return;
+            }
+        };
+        let announce = SocketAddr::new(self.p.server_side.announce, port);
+        let command = match announce {
+            SocketAddr::V4(v4) if !ext => format!("PORT {}\r\n", encode_port_arg(v4)),
+            _ => format!("EPRT {}\r\n", encode_eprt_arg(announce)),
+        };
+        tracing::debug!(channel = id, client = %addr, %announce, "active data channel");
+        self.forward(command.into_bytes(), Awaiting::Active(id));
+    }
+
+    /// `PASV`/`EPSV`: ask the server for a port; the reply is rewritten when it comes.
+    fn client_passive(&mut self, ext: bool, data: &mut dyn DataChannels) {
+        self.cancel_prepared(data);
+        // An IPv6 server cannot answer PASV, and 229 serves any family.
+        let sent_ext = ext || self.server.is_some_and(|s| s.is_ipv6());
+        let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
+        self.forward(
+            command.to_vec(),
+            Awaiting::Passive {
+                client_ext: ext,
+                sent_ext,
+            },
+        );
+    }
+
+    fn open_channel(
+        &mut self,
+        plan: &DataPlan,
+        client_active: bool,
+        data: &mut dyn DataChannels,
+    ) -> Result<(ChannelId, u16), DataOpenError> {
+        self.cancel_prepared(data);
+        let id = self.next_channel;
+        self.next_channel += 1;
+        let port = data.open(id, plan).inspect_err(|e| {
+            tracing::warn!(rule = "data_ports", error = %e, "cannot open data channel");
+        })?;
+        self.channels.push(Channel {
+            id,
+            client_active,
+            state: ChannelState::Waiting,
+        });
+        self.prepared = Some(id);
+        Ok((id, port))
+    }
+
+    /// A newer `PASV`/`PORT` replaces an announced channel that nobody used.
+    fn cancel_prepared(&mut self, data: &mut dyn DataChannels) {
+        if let Some(id) = self.prepared.take() {
+            if let Some(pos) = self
+                .channels
+                .iter()
+                .position(|c| c.id == id && c.state == ChannelState::Waiting)
+            {
+                self.channels.remove(pos);
+                data.cancel(id);
+            }
+        }
+    }
+
+    // ---- server side -------------------------------------------------------------------
+
+    fn on_server_data(&mut self, bytes: &[u8], data: &mut dyn DataChannels) {
+        if matches!(self.phase, Phase::Passthrough) {
+            self.actions.push(Action::ToClient(bytes.to_vec()));
+            return;
+        }
+        self.server_lines.push(bytes);
+        loop {
+            let line = match self.server_lines.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("server {e}; closing");
+                    self.close_with(b"421 The server sent an over-long line.\r\n".to_vec());
+                    return;
+                }
+            };
+            if let Some(reply) = self.replies.push_line(&line) {
+                self.on_reply(reply, data);
+            }
+            if self.is_closed() {
+                return;
+            }
+            if matches!(self.phase, Phase::Passthrough) {
+                let rest = self.server_lines.take_rest();
+                if !rest.is_empty() {
+                    self.actions.push(Action::ToClient(rest));
+                }
+                return;
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply, data: &mut dyn DataChannels) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Greeting => self.on_greeting(reply),
+            Phase::ExplicitGreeting { user, host } => {
+                self.on_explicit_greeting(reply, user, host, data)
+            }
+            phase @ Phase::Relay => {
+                self.phase = phase;
+                self.on_relay_reply(reply, data);
+            }
+            phase => {
+                // Replies in other phases (a server that talks before its TCP handshake
+                // completed cannot exist); keep the phase and pass the text on.
+                self.phase = phase;
+                self.enqueue(reply.code, reply.raw);
+                self.flush();
+            }
+        }
+    }
+
+    fn on_greeting(&mut self, reply: Reply) {
+        self.phase = Phase::Greeting;
+        let code = reply.code;
+        self.enqueue(code, reply.raw);
+        self.flush();
+        match code {
+            Some(220) => self.phase = Phase::Relay,
+            Some(c) if c >= 200 => {
+                tracing::info!(code = c, "server refused the session in its greeting");
+                self.close();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_explicit_greeting(
+        &mut self,
+        reply: Reply,
+        user: Vec<u8>,
+        host: String,
+        data: &mut dyn DataChannels,
+    ) {
+        match reply.code {
+            Some(220) => {
+                let mut line = b"USER ".to_vec();
+                line.extend_from_slice(&user);
+                line.extend_from_slice(b"\r\n");
+                self.phase = Phase::Relay;
+                self.forward(line, Awaiting::Other);
+                for line in std::mem::take(&mut self.deferred) {
+                    self.on_command_line(line, data);
+                    if self.is_closed() {
+                        return;
+                    }
+                }
+            }
+            Some(c) if c >= 200 => {
+                let text = String::from_utf8_lossy(reply.last_text()).into_owned();
+                self.close_with(format!("421 {host} refused the session: {c} {text}\r\n"));
+            }
+            _ => self.phase = Phase::ExplicitGreeting { user, host },
+        }
+    }
+
+    fn on_relay_reply(&mut self, reply: Reply, data: &mut dyn DataChannels) {
+        if !reply.is_final() {
+            self.enqueue(reply.code, reply.raw);
+            self.flush();
+            return;
+        }
+        let awaiting = match self.pending.pop_front() {
+            Some(Pending::Server(a)) => a,
+            Some(local @ Pending::Local(_)) => {
+                // Unreachable by construction (locals at the head are drained at once);
+                // keep it rather than lose a reply.
+                self.pending.push_front(local);
+                Awaiting::Other
+            }
+            None => Awaiting::Other,
+        };
+        let code = reply.code;
+        let mut passthrough = false;
+        match awaiting {
+            Awaiting::Passive {
+                client_ext,
+                sent_ext,
+            } => {
+                let bytes = self.passive_reply(reply, client_ext, sent_ext, data);
+                self.enqueue(reply_code(&bytes), bytes);
+            }
+            Awaiting::Active(id) => {
+                if !matches!(code, Some(200..=299)) {
+                    self.drop_channel(id, data);
+                }
+                self.enqueue(code, reply.raw);
+            }
+            Awaiting::Auth => {
+                passthrough = code == Some(234);
+                self.enqueue(code, reply.raw);
+            }
+            Awaiting::Other => {
+                if code.is_some_and(|c| c >= 400) {
+                    self.abandon_waiting_active(data);
+                }
+                self.enqueue(code, reply.raw);
+            }
+        }
+        while let Some(Pending::Local(_)) = self.pending.front() {
+            if let Some(Pending::Local(bytes)) = self.pending.pop_front() {
+                self.enqueue(reply_code(&bytes), bytes);
+            }
+        }
+        self.flush();
+        if passthrough {
+            tracing::warn!(
+                "TLS passthrough: the control channel is now encrypted and opaque; data \
+                 connections need a statically forwarded port range"
+            );
+            self.flush_all();
+            self.phase = Phase::Passthrough;
+            let rest = self.client_lines.take_rest();
+            if !rest.is_empty() {
+                self.actions.push(Action::ToServer(rest));
+            }
+        }
+    }
+
+    /// Builds the client's reply to `PASV`/`EPSV` from the server's.
+    fn passive_reply(
+        &mut self,
+        reply: Reply,
+        client_ext: bool,
+        sent_ext: bool,
+        data: &mut dyn DataChannels,
+    ) -> Vec<u8> {
+        let expected = if sent_ext { 229 } else { 227 };
+        if reply.code != Some(expected) {
+            return reply.raw;
+        }
+        let Some(server) = self.server else {
+            return reply.raw;
+        };
+        let found = if sent_ext {
+            find_229(reply.last_text()).map(|(port, span)| (None, port, span))
+        } else {
+            find_227(reply.last_text()).map(|(addr, span)| (Some(*addr.ip()), addr.port(), span))
+        };
+        let (named_ip, server_port, span) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(rule = "passive_reply", error = %e, "unparsable passive reply");
+                return b"425 Cannot parse the server's passive reply.\r\n".to_vec();
+            }
+        };
+        if let Some(ip) = named_ip {
+            if IpAddr::V4(ip) != server.ip().to_canonical() && !self.mismatch_logged {
+                self.mismatch_logged = true;
+                tracing::info!(
+                    rule = "passive_target",
+                    announced = %ip,
+                    server = %server.ip(),
+                    "server announced another address in 227; dialling its control address"
+                );
+            }
+        }
+        let plan = DataPlan {
+            listen: self.p.client_side.address,
+            listener_faces: Side::Client,
+            expect_peer: self.p.client.ip().to_canonical(),
+            dial: SocketAddr::new(server.ip(), server_port),
+            dial_from: DialSource::Bind(self.p.server_side.address),
+        };
+        let port = match self.open_channel(&plan, false, data) {
+            Ok((_, port)) => port,
+            Err(e) => return format!("425 Cannot open data connection: {e}.\r\n").into_bytes(),
+        };
+        let offset = reply.last_text_offset();
+        let span = offset + span.start..offset + span.end;
+        match (client_ext, self.p.client_side.announce) {
+            (true, _) if sent_ext => splice(&reply.raw, span, port.to_string().as_bytes()),
+            (true, _) => {
+                format!("229 Entering Extended Passive Mode (|||{port}|)\r\n").into_bytes()
+            }
+            (false, IpAddr::V4(ip)) => {
+                let numbers = encode_port_arg(SocketAddrV4::new(ip, port));
+                if sent_ext {
+                    format!("227 Entering Passive Mode ({numbers}).\r\n").into_bytes()
+                } else {
+                    splice(&reply.raw, span, numbers.as_bytes())
+                }
+            }
+            (false, IpAddr::V6(_)) => b"425 PASV needs an IPv4 address; use EPSV.\r\n".to_vec(),
+        }
+    }
+
+    // ---- data channels and the reply gate ----------------------------------------------
+
+    fn on_data_event(&mut self, id: ChannelId, ev: DataEvent, data: &mut dyn DataChannels) {
+        let Some(pos) = self.channels.iter().position(|c| c.id == id) else {
+            return;
+        };
+        match ev {
+            DataEvent::Established => {
+                self.channels[pos].state = ChannelState::Established;
+                if self.prepared == Some(id) {
+                    self.prepared = None;
+                }
+            }
+            DataEvent::ServerToClientDone => self.channels[pos].state = ChannelState::ServerDone,
+            DataEvent::Finished => {
+                self.channels.remove(pos);
+            }
+            DataEvent::Failed(reason) => {
+                tracing::info!(channel = id, %reason, "data channel failed");
+                self.drop_channel(id, data);
+            }
+        }
+        self.flush();
+    }
+
+    fn drop_channel(&mut self, id: ChannelId, data: &mut dyn DataChannels) {
+        if let Some(pos) = self.channels.iter().position(|c| c.id == id) {
+            self.channels.remove(pos);
+            data.cancel(id);
+        }
+        if self.prepared == Some(id) {
+            self.prepared = None;
+        }
+    }
+
+    /// A transfer command failed: an active-mode channel still waiting for the server will
+    /// never be used, so it must not keep holding replies.
+    fn abandon_waiting_active(&mut self, data: &mut dyn DataChannels) {
+        let waiting: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|c| c.client_active && c.state == ChannelState::Waiting)
+            .map(|c| c.id)
+            .collect();
+        if !waiting.is_empty() && self.outq.front().is_some_and(|o| is_preliminary(o.code)) {
+            for id in waiting {
+                self.drop_channel(id, data);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, code: Option<u16>, bytes: Vec<u8>) {
+        self.outq.push_back(Outgoing { code, bytes });
+    }
+
+    /// Whether a reply must wait for a data channel.
+    fn gated(&self, code: Option<u16>) -> bool {
+        if is_preliminary(code) {
+            // Active mode: the client's data connection must exist before its 150.
+            return self
+                .channels
+                .iter()
+                .any(|c| c.client_active && c.state == ChannelState::Waiting);
+        }
+        if matches!(code, Some(226 | 250)) {
+            // The transfer's bytes reach the client before its completion reply.
+            return self
+                .channels
+                .iter()
+                .any(|c| c.state == ChannelState::Established);
+        }
+        false
+    }
+
+    fn flush(&mut self) {
+        while let Some(head) = self.outq.front() {
+            if self.gated(head.code) {
+                break;
+            }
+            if let Some(out) = self.outq.pop_front() {
+                self.send_client(out.bytes);
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        while let Some(out) = self.outq.pop_front() {
+            self.send_client(out.bytes);
+        }
+    }
+
+    fn send_client(&mut self, bytes: Vec<u8>) {
+        self.actions.push(Action::ToClient(bytes));
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.actions.push(Action::Close);
+    }
+
+    fn close_with(&mut self, reply: impl Into<Vec<u8>>) {
+        self.flush_all();
+        self.send_client(reply.into());
+        self.close();
+    }
+}
+
+fn is_preliminary(code: Option<u16>) -> bool {
+    matches!(code, Some(100..=199))
+}
+
+fn is_verb(clean: &[u8], verb: &str) -> bool {
+    crate::ftp::command::split_command(clean)
+        .is_some_and(|c| c.verb.eq_ignore_ascii_case(verb.as_bytes()))
+}
+
+/// The code of a reply ftpgate wrote (always `ddd ` or `ddd-`).
+fn reply_code(bytes: &[u8]) -> Option<u16> {
+    std::str::from_utf8(bytes.get(..3)?).ok()?.parse().ok()
+}
+
+fn splice(raw: &[u8], span: std::ops::Range<usize>, with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + with.len());
+    out.extend_from_slice(&raw[..span.start]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&raw[span.end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

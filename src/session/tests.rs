@@ -1,0 +1,491 @@
+//! Session state machine tests: every decision is checked through the actions it returns.
+
+use super::*;
+use proptest::prelude::*;
+
+const CLIENT: &str = "10.0.0.5:40001";
+const SERVER: &str = "192.0.2.10:21";
+
+/// Records opened channels; hands out ports from 50000 unless told to fail.
+#[derive(Default)]
+struct MockData {
+    opened: Vec<(ChannelId, DataPlan)>,
+    cancelled: Vec<ChannelId>,
+    fail: Option<DataOpenError>,
+}
+
+impl DataChannels for MockData {
+    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        self.opened.push((id, plan.clone()));
+        Ok(50000 + self.opened.len() as u16 - 1)
+    }
+    fn cancel(&mut self, id: ChannelId) {
+        self.cancelled.push(id);
+    }
+}
+
+fn params(upstream: UpstreamKind) -> SessionParams {
+    SessionParams {
+        upstream,
+        client: CLIENT.parse().unwrap(),
+        client_side: SideAddrs {
+            address: "10.0.0.1".parse().unwrap(),
+            announce: "198.51.100.1".parse().unwrap(),
+        },
+        server_side: SideAddrs {
+            address: "203.0.113.1".parse().unwrap(),
+            announce: "203.0.113.2".parse().unwrap(),
+        },
+        client_source: ClientSource::Gateway,
+        tls: TlsPolicy::Refuse,
+        max_line: 64,
+    }
+}
+
+struct Harness {
+    s: Session,
+    data: MockData,
+}
+
+impl Harness {
+    /// A publish-role session past the greeting.
+    fn relaying() -> Self {
+        let mut h = Self {
+            s: Session::new(params(UpstreamKind::Fixed)),
+            data: MockData::default(),
+        };
+        assert!(h.s.start().is_empty());
+        assert!(h
+            .ev(Event::UpstreamConnected(SERVER.parse().unwrap()))
+            .is_empty());
+        assert_eq!(h.server(b"220 hello\r\n"), vec![to_client("220 hello\r\n")]);
+        h
+    }
+
+    fn ev(&mut self, e: Event<'_>) -> Vec<Action> {
+        self.s.handle(e, &mut self.data)
+    }
+    fn client(&mut self, b: &[u8]) -> Vec<Action> {
+        self.ev(Event::ClientData(b))
+    }
+    fn server(&mut self, b: &[u8]) -> Vec<Action> {
+        self.ev(Event::ServerData(b))
+    }
+    fn data_ev(&mut self, id: ChannelId, e: DataEvent) -> Vec<Action> {
+        self.ev(Event::Data(id, e))
+    }
+}
+
+fn to_client(s: &str) -> Action {
+    Action::ToClient(s.as_bytes().to_vec())
+}
+fn to_server(s: &str) -> Action {
+    Action::ToServer(s.as_bytes().to_vec())
+}
+
+#[test]
+fn passive_reply_is_rewritten_and_dials_the_server() {
+    let mut h = Harness::relaying();
+    assert_eq!(h.client(b"PASV\r\n"), vec![to_server("PASV\r\n")]);
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "227 Entering Passive Mode (198,51,100,1,195,80).\r\n"
+        )]
+    );
+    let (_, plan) = &h.data.opened[0];
+    assert_eq!(plan.listen, "10.0.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(plan.listener_faces, Side::Client);
+    assert_eq!(plan.expect_peer, "10.0.0.5".parse::<IpAddr>().unwrap());
+    assert_eq!(plan.dial, "192.0.2.10:5001".parse().unwrap());
+    assert_eq!(
+        plan.dial_from,
+        DialSource::Bind("203.0.113.1".parse().unwrap())
+    );
+}
+
+#[test]
+fn passive_target_is_always_the_servers_control_address() {
+    // Rule 5: a 227 naming another host (internal address, or a victim) is not dialled.
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (10,9,9,9,19,137)\r\n");
+    assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:5001".parse().unwrap());
+}
+
+#[test]
+fn epsv_reply_keeps_the_servers_text() {
+    let mut h = Harness::relaying();
+    assert_eq!(h.client(b"EPSV\r\n"), vec![to_server("EPSV\r\n")]);
+    let out = h.server(b"229 Entering Extended Passive Mode (|||6446|)\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "229 Entering Extended Passive Mode (|||50000|)\r\n"
+        )]
+    );
+    assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:6446".parse().unwrap());
+}
+
+#[test]
+fn port_is_rewritten_toward_the_server() {
+    let mut h = Harness::relaying();
+    let out = h.client(b"PORT 10,0,0,5,4,1\r\n");
+    assert_eq!(out, vec![to_server("PORT 203,0,113,2,195,80\r\n")]);
+    let (_, plan) = &h.data.opened[0];
+    assert_eq!(plan.listen, "203.0.113.1".parse::<IpAddr>().unwrap());
+    assert_eq!(plan.listener_faces, Side::Server);
+    assert_eq!(plan.expect_peer, "192.0.2.10".parse::<IpAddr>().unwrap());
+    assert_eq!(plan.dial, "10.0.0.5:1025".parse().unwrap());
+    assert_eq!(
+        plan.dial_from,
+        DialSource::Bind("10.0.0.1".parse().unwrap())
+    );
+    assert_eq!(h.server(b"200 ok\r\n"), vec![to_client("200 ok\r\n")]);
+
+    let out = h.client(b"EPRT |1|10.0.0.5|2000|\r\n");
+    assert_eq!(out, vec![to_server("EPRT |1|203.0.113.2|50001|\r\n")]);
+    // The unused channel of the first PORT was released.
+    assert_eq!(h.data.cancelled, vec![1]);
+}
+
+#[test]
+fn transparent_client_source_binds_the_servers_address() {
+    let mut p = params(UpstreamKind::Fixed);
+    p.client_source = ClientSource::Server;
+    let mut h = Harness {
+        s: Session::new(p),
+        data: MockData::default(),
+    };
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    h.client(b"PORT 10,0,0,5,4,1\r\n");
+    assert_eq!(
+        h.data.opened[0].1.dial_from,
+        DialSource::Transparent("192.0.2.10".parse().unwrap())
+    );
+}
+
+#[test]
+fn bounce_and_privileged_ports_are_refused() {
+    // Rule 4: the data address must be the client's own, and not privileged.
+    let mut h = Harness::relaying();
+    for line in [
+        &b"PORT 192,0,2,99,4,1\r\n"[..],
+        b"EPRT |1|192.0.2.99|2000|\r\n",
+        b"PORT 10,0,0,5,0,21\r\n",
+        b"EPRT |1|10.0.0.5|1023|\r\n",
+    ] {
+        let out = h.client(line);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            matches!(&out[0], Action::ToClient(b) if b.starts_with(b"504 ")),
+            "{out:?}"
+        );
+    }
+    assert!(h.data.opened.is_empty());
+}
+
+#[test]
+fn malformed_addresses_are_refused() {
+    let mut h = Harness::relaying();
+    for line in [
+        &b"PORT 10,0,0,256,4,1\r\n"[..],
+        b"PORT 10,0,0,5,4\r\n",
+        b"PORT 10,0,0,5,4,1,1\r\n",
+        b"PORT 10,0,0,5,-4,1\r\n",
+        b"PORT 10,0,0,5,0,0\r\n",
+        b"EPRT |1|10.0.0.5|99999|\r\n",
+    ] {
+        let out = h.client(line);
+        assert!(
+            matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"501 ")),
+            "{out:?}"
+        );
+    }
+    assert!(h.data.opened.is_empty());
+}
+
+#[test]
+fn unsolicited_227_opens_nothing() {
+    // Rule 3: only the answer to the outstanding PASV counts.
+    let mut h = Harness::relaying();
+    h.client(b"NOOP\r\n");
+    let echo = b"227 Entering Passive Mode (10,0,0,5,0,22)\r\n";
+    assert_eq!(h.server(echo), vec![Action::ToClient(echo.to_vec())]);
+    // Inside a multi-line reply to PASV, a 227-looking line is text; the final line is an error.
+    h.client(b"PASV\r\n");
+    let multi = b"500-no\r\n227 Entering Passive Mode (10,0,0,5,0,22)\r\n500 end\r\n";
+    assert_eq!(h.server(multi), vec![Action::ToClient(multi.to_vec())]);
+    // A 227 as the error text of another command.
+    h.client(b"RETR x\r\n");
+    let err = b"550 227 Entering Passive Mode (1,2,3,4,5,6)\r\n";
+    assert_eq!(h.server(err), vec![Action::ToClient(err.to_vec())]);
+    assert!(h.data.opened.is_empty());
+}
+
+#[test]
+fn bytes_before_the_greeting_are_not_commands() {
+    // Rule 7: an HTTP request carrying a PORT line, sent before the server's 220.
+    let mut h = Harness {
+        s: Session::new(params(UpstreamKind::Fixed)),
+        data: MockData::default(),
+    };
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    let out = h.client(b"POST / HTTP/1.1\r\n\r\nPORT 10,0,0,5,0,22\r\n");
+    assert!(
+        out.iter().all(|a| !matches!(a, Action::ToServer(_))),
+        "{out:?}"
+    );
+    assert_eq!(out.last(), Some(&Action::Close));
+    assert!(h.s.is_closed());
+    assert!(h.server(b"220 late\r\n").is_empty());
+}
+
+#[test]
+fn long_lines_and_nul_end_the_session() {
+    let mut h = Harness::relaying();
+    let out = h.client(&[b'A'; 100]);
+    assert_eq!(out.last(), Some(&Action::Close));
+    assert!(matches!(&out[0], Action::ToClient(b) if b.starts_with(b"500 ")));
+    let mut h = Harness::relaying();
+    let out = h.client(b"RETR a\0b\r\n");
+    assert_eq!(out.last(), Some(&Action::Close));
+    assert!(out.iter().all(|a| !matches!(a, Action::ToServer(_))));
+}
+
+#[test]
+fn active_150_waits_for_the_client_connection_and_226_for_the_data() {
+    let mut h = Harness::relaying();
+    h.client(b"PORT 10,0,0,5,4,1\r\n");
+    h.server(b"200 PORT ok\r\n");
+    assert_eq!(h.client(b"LIST\r\n"), vec![to_server("LIST\r\n")]);
+    // The server announces the transfer before ftpgate reached the client.
+    assert!(h.server(b"150 Here it comes\r\n226 Done\r\n").is_empty());
+    assert_eq!(
+        h.data_ev(1, DataEvent::Established),
+        vec![to_client("150 Here it comes\r\n")]
+    );
+    assert_eq!(
+        h.data_ev(1, DataEvent::ServerToClientDone),
+        vec![to_client("226 Done\r\n")]
+    );
+    assert!(h.data_ev(1, DataEvent::Finished).is_empty());
+    assert!(!h.s.has_data_channels());
+}
+
+#[test]
+fn a_failed_active_transfer_releases_held_replies() {
+    let mut h = Harness::relaying();
+    h.client(b"PORT 10,0,0,5,4,1\r\n");
+    h.server(b"200 PORT ok\r\n");
+    h.client(b"RETR f\r\n");
+    assert!(h.server(b"150 Opening\r\n").is_empty());
+    let out = h.server(b"425 Can't open data connection\r\n");
+    assert_eq!(
+        out,
+        vec![
+            to_client("150 Opening\r\n"),
+            to_client("425 Can't open data connection\r\n")
+        ]
+    );
+    assert_eq!(h.data.cancelled, vec![1]);
+}
+
+#[test]
+fn passive_226_waits_for_the_relay() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"RETR f\r\n");
+    h.data_ev(1, DataEvent::Established);
+    assert_eq!(h.server(b"150 ok\r\n"), vec![to_client("150 ok\r\n")]);
+    assert!(h.server(b"226 ok\r\n").is_empty());
+    assert_eq!(
+        h.data_ev(1, DataEvent::ServerToClientDone),
+        vec![to_client("226 ok\r\n")]
+    );
+}
+
+#[test]
+fn local_replies_keep_their_place_among_pipelined_commands() {
+    let mut h = Harness::relaying();
+    let out = h.client(b"NOOP\r\nPORT 1,2,3,4,5,6\r\nSYST\r\n");
+    assert_eq!(out, vec![to_server("NOOP\r\n"), to_server("SYST\r\n")]);
+    let out = h.server(b"200 noop\r\n");
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0], to_client("200 noop\r\n"));
+    assert!(matches!(&out[1], Action::ToClient(b) if b.starts_with(b"504 ")));
+    assert_eq!(h.server(b"215 UNIX\r\n"), vec![to_client("215 UNIX\r\n")]);
+}
+
+#[test]
+fn port_exhaustion_gives_425() {
+    let mut h = Harness::relaying();
+    h.data.fail = Some(DataOpenError::Exhausted);
+    h.client(b"PASV\r\n");
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,19,137)\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+    let out = h.client(b"PORT 10,0,0,5,4,1\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn auth_is_refused_or_passed_through() {
+    let mut h = Harness::relaying();
+    let out = h.client(b"AUTH TLS\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"534 ")),
+        "{out:?}"
+    );
+
+    let mut p = params(UpstreamKind::Fixed);
+    p.tls = TlsPolicy::Passthrough;
+    let mut h = Harness {
+        s: Session::new(p),
+        data: MockData::default(),
+    };
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    assert_eq!(h.client(b"AUTH TLS\r\n"), vec![to_server("AUTH TLS\r\n")]);
+    assert_eq!(h.server(b"234 go\r\n"), vec![to_client("234 go\r\n")]);
+    // From now on the bytes are opaque, in both directions.
+    let hello = b"\x16\x03\x01\x00\x05PORT 1,2,3,4,5,6\r\n";
+    assert_eq!(h.client(hello), vec![Action::ToServer(hello.to_vec())]);
+    assert_eq!(
+        h.server(b"\x16\x03\x03"),
+        vec![Action::ToClient(b"\x16\x03\x03".to_vec())]
+    );
+    assert!(h.data.opened.is_empty());
+}
+
+#[test]
+fn explicit_login_replays_user() {
+    let mut h = Harness {
+        s: Session::new(params(UpstreamKind::Explicit)),
+        data: MockData::default(),
+    };
+    let out = h.s.start();
+    assert!(matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"220 ")));
+    assert_eq!(
+        h.client(b"FEAT\r\n"),
+        vec![to_client("211-Features:\r\n211 End\r\n")]
+    );
+    let out = h.client(b"USER bob\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"530 ")),
+        "{out:?}"
+    );
+    let out = h.client(b"USER bob@ftp.example.org:2121\r\n");
+    assert_eq!(
+        out,
+        vec![Action::ConnectUpstream {
+            host: "ftp.example.org".into(),
+            port: 2121
+        }]
+    );
+    assert!(h.client(b"PASS secret\r\n").is_empty());
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    let out = h.server(b"220 real server\r\n");
+    assert_eq!(
+        out,
+        vec![to_server("USER bob\r\n"), to_server("PASS secret\r\n")]
+    );
+    assert_eq!(h.server(b"331 pw\r\n"), vec![to_client("331 pw\r\n")]);
+}
+
+#[test]
+fn explicit_upstream_failure_is_reported() {
+    let mut h = Harness {
+        s: Session::new(params(UpstreamKind::Explicit)),
+        data: MockData::default(),
+    };
+    h.s.start();
+    h.client(b"USER bob@127.0.0.1\r\n");
+    let out = h.ev(Event::UpstreamFailed(
+        "server 127.0.0.1 is not allowed".into(),
+    ));
+    assert_eq!(
+        out,
+        vec![
+            to_client("421 Cannot connect to 127.0.0.1: server 127.0.0.1 is not allowed.\r\n"),
+            Action::Close
+        ]
+    );
+}
+
+#[test]
+fn telnet_abor_is_forwarded_unchanged() {
+    let mut h = Harness::relaying();
+    let line = b"\xff\xf4\xff\xf2ABOR\r\n";
+    assert_eq!(h.client(line), vec![Action::ToServer(line.to_vec())]);
+}
+
+#[test]
+fn ipv6_server_gets_epsv_and_the_client_still_gets_227() {
+    let mut h = Harness {
+        s: Session::new(params(UpstreamKind::Fixed)),
+        data: MockData::default(),
+    };
+    h.ev(Event::UpstreamConnected(
+        "[2001:db8::10]:21".parse().unwrap(),
+    ));
+    h.server(b"220 hi\r\n");
+    assert_eq!(h.client(b"PASV\r\n"), vec![to_server("EPSV\r\n")]);
+    let out = h.server(b"229 ok (|||7000|)\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "227 Entering Passive Mode (198,51,100,1,195,80).\r\n"
+        )]
+    );
+    assert_eq!(
+        h.data.opened[0].1.dial,
+        "[2001:db8::10]:7000".parse().unwrap()
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_streams_never_panic(
+        explicit: bool,
+        steps in proptest::collection::vec((0u8..4, proptest::collection::vec(any::<u8>(), 0..80)), 0..40)
+    ) {
+        let kind = if explicit { UpstreamKind::Explicit } else { UpstreamKind::Fixed };
+        let mut s = Session::new(params(kind));
+        let mut data = MockData::default();
+        s.start();
+        s.handle(Event::UpstreamConnected(SERVER.parse().unwrap()), &mut data);
+        for (who, bytes) in steps {
+            let ev = match who {
+                0 => Event::ClientData(&bytes),
+                1 => Event::ServerData(&bytes),
+                2 => Event::Data(u64::from(bytes.first().copied().unwrap_or(0) % 4), DataEvent::Established),
+                _ => Event::Data(u64::from(bytes.first().copied().unwrap_or(0) % 4), DataEvent::ServerToClientDone),
+            };
+            let actions = s.handle(ev, &mut data);
+            // Nothing announced to the server may carry an address other than ftpgate's.
+            for a in &actions {
+                if let Action::ToServer(b) = a {
+                    if b.starts_with(b"PORT ") {
+                        prop_assert!(b.starts_with(b"PORT 203,0,113,2,"));
+                    }
+                }
+            }
+        }
+        for (_, plan) in &data.opened {
+            prop_assert!(plan.dial.ip() == "192.0.2.10".parse::<IpAddr>().unwrap()
+                || plan.dial.ip() == "10.0.0.5".parse::<IpAddr>().unwrap());
+        }
+    }
+}
