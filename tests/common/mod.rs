@@ -1,0 +1,247 @@
+//! Shared helpers for integration tests: real FTP peers (pyftpdlib, curl, ftplib), an
+//! in-process gateway on loopback, and files checked by SHA-256.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// Where the Python helpers live.
+pub fn support(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(script)
+}
+
+/// Fails (not skips) when a peer program is missing: `.ci/run` installs them all.
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed; run .ci/run or install it (see README)"
+    );
+}
+
+/// A pyftpdlib server serving a temporary directory.
+pub struct PyFtpd {
+    child: Child,
+    /// The control port on 127.0.0.1.
+    pub port: u16,
+    /// The served directory.
+    pub root: tempfile::TempDir,
+}
+
+impl PyFtpd {
+    /// Starts a server on 127.0.0.1 with extra arguments for ftpserver.py.
+    pub fn start(extra: &[&str]) -> Self {
+        require("python3");
+        let root = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .arg(support("ftpserver.py"))
+            .arg("--root")
+            .arg(root.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pyftpdlib");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!("pyftpdlib did not start (is it installed? pip install pyftpdlib): {line:?}")
+            });
+        Self { child, port, root }
+    }
+
+    /// Path of a file in the served directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+}
+
+impl Drop for PyFtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway running in-process on its own runtime thread.
+pub struct Gateway {
+    /// Bound control addresses by gateway name.
+    pub addrs: Vec<(String, SocketAddr)>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts every gateway of a YAML configuration.
+    pub fn start(yaml: &str) -> Self {
+        let config = ftpgate::config::Config::parse(yaml, "test.yaml").expect("test config");
+        ftpgate::telemetry::init_logging(&config.log);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let gw = ftpgate::gateway::Gateways::bind(&config).await.unwrap();
+                addrs_tx.send(gw.local_addrs()).unwrap();
+                gw.run(stop_rx, Duration::from_secs(5)).await;
+            });
+        });
+        let addrs = addrs_rx.recv().expect("gateway started");
+        Self {
+            addrs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The first gateway's control address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0].1
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A data-port range of `n` ports that no other test in this process uses.
+pub fn data_ports(n: u16) -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(41000);
+    let first = NEXT.fetch_add(n, Ordering::SeqCst);
+    format!("{}-{}", first, first + n - 1)
+}
+
+/// Writes `size` pseudo-random bytes (seeded) and returns their SHA-256.
+pub fn random_file(path: &Path, size: usize, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        // xorshift64*: fast, deterministic, incompressible enough for transfer tests.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        data.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    data.truncate(size);
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(&data))
+        .unwrap();
+    hex(&Sha256::digest(&data))
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex(&Sha256::digest(&data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs a command with a timeout; panics with its output if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command (killed after 120 s) and returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as _));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as _));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// The four data-connection modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pasv,
+    Epsv,
+    Port,
+    Eprt,
+}
+
+impl Mode {
+    /// The name ftpclient.py takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pasv => "PASV",
+            Mode::Epsv => "EPSV",
+            Mode::Port => "PORT",
+            Mode::Eprt => "EPRT",
+        }
+    }
+
+    /// curl options that force this mode (`active_addr` for PORT/EPRT).
+    pub fn curl_args(self, active_addr: &str) -> Vec<String> {
+        let v: Vec<&str> = match self {
+            Mode::Pasv => vec!["--ftp-pasv", "--disable-epsv"],
+            Mode::Epsv => vec!["--ftp-pasv"],
+            Mode::Port => vec!["--ftp-port", active_addr, "--disable-eprt"],
+            Mode::Eprt => vec!["--ftp-port", active_addr],
+        };
+        v.into_iter().map(String::from).collect()
+    }
+}

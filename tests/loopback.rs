@@ -1,0 +1,276 @@
+//! Loopback integration tests with real peers: a pyftpdlib server, curl and Python ftplib
+//! clients, through the publish and the explicit-proxy roles, in each of PASV, EPSV, PORT
+//! and EPRT. Every transferred file is checked by SHA-256.
+
+mod common;
+
+use std::process::Command;
+
+use common::{
+    data_ports, random_file, require, run, run_ok, sha256, support, Gateway, Mode, PyFtpd,
+};
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Publish,
+    Explicit,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    Curl,
+    Ftplib,
+}
+
+const DOWN_SIZE: usize = 4 * 1024 * 1024 + 123;
+const UP_SIZE: usize = 3 * 1024 * 1024 + 7;
+
+fn gateway_yaml(role: Role, server_port: u16) -> String {
+    let upstream = match role {
+        Role::Publish => format!("\"127.0.0.1:{server_port}\""),
+        Role::Explicit => "\"user@host\"\n    deny_servers: []".to_owned(),
+    };
+    format!(
+        r#"
+gateways:
+  - name: test
+    listen: "127.0.0.1:0"
+    upstream: {upstream}
+    server_side: {{ address: 127.0.0.1 }}
+    data_ports: "{ports}"
+log: {{ level: warn }}
+"#,
+        ports = data_ports(50)
+    )
+}
+
+/// The user name the client logs in with through `role`.
+fn login(role: Role, server_port: u16) -> String {
+    match role {
+        Role::Publish => "anonymous".into(),
+        Role::Explicit => format!("anonymous@127.0.0.1:{server_port}"),
+    }
+}
+
+struct Run<'a> {
+    role: Role,
+    client: Client,
+    mode: Mode,
+    server: &'a PyFtpd,
+    gateway: &'a Gateway,
+}
+
+impl Run<'_> {
+    fn user(&self) -> String {
+        login(self.role, self.server.port)
+    }
+
+    fn curl(&self, path: &str, extra: &[&str]) -> std::process::Output {
+        require("curl");
+        let user = self.user().replace('@', "%40").replace(':', "%3A");
+        let url = format!("ftp://{user}:guest@{}/{path}", self.gateway.addr());
+        let out = run_ok(
+            Command::new("curl")
+                .args(["-sS", "-v", "--max-time", "60"])
+                .args(self.mode.curl_args("127.0.0.1"))
+                .args(extra)
+                .arg(url),
+        );
+        // curl falls back (EPSV to PASV, EPRT to PORT) silently; make sure it did not.
+        let log = String::from_utf8_lossy(&out.stderr);
+        let (sent, answer) = match self.mode {
+            Mode::Pasv => ("> PASV", "< 227"),
+            Mode::Epsv => ("> EPSV", "< 229"),
+            Mode::Port => ("> PORT", "< 200"),
+            Mode::Eprt => ("> EPRT", "< 200"),
+        };
+        assert!(
+            log.contains(sent) && log.contains(answer),
+            "curl did not use {:?}:\n{log}",
+            self.mode
+        );
+        out
+    }
+
+    fn ftplib(&self, op: &[&str]) -> std::process::Output {
+        let addr = self.gateway.addr();
+        run_ok(
+            Command::new("python3")
+                .arg(support("ftpclient.py"))
+                .args([
+                    "--host",
+                    &addr.ip().to_string(),
+                    "--port",
+                    &addr.port().to_string(),
+                ])
+                .args(["--mode", self.mode.name(), "--user", &self.user()])
+                .args(op),
+        )
+    }
+
+    fn list(&self) -> String {
+        let out = match self.client {
+            Client::Curl => self.curl("", &[]),
+            Client::Ftplib => self.ftplib(&["list"]),
+        };
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn get(&self, remote: &str, local: &std::path::Path) {
+        match self.client {
+            Client::Curl => {
+                self.curl(remote, &["-o", local.to_str().unwrap()]);
+            }
+            Client::Ftplib => {
+                self.ftplib(&["get", remote, local.to_str().unwrap()]);
+            }
+        }
+    }
+
+    fn put(&self, local: &std::path::Path, remote: &str) {
+        match self.client {
+            Client::Curl => {
+                self.curl(remote, &["-T", local.to_str().unwrap()]);
+            }
+            Client::Ftplib => {
+                self.ftplib(&["put", local.to_str().unwrap(), remote]);
+            }
+        }
+    }
+}
+
+fn transfers(role: Role, client: Client, mode: Mode) {
+    let server = PyFtpd::start(&[]);
+    let down_sha = random_file(&server.file("down.bin"), DOWN_SIZE, 1);
+    let gateway = Gateway::start(&gateway_yaml(role, server.port));
+    let work = tempfile::tempdir().unwrap();
+    let up = work.path().join("up.bin");
+    let up_sha = random_file(&up, UP_SIZE, 2);
+    let r = Run {
+        role,
+        client,
+        mode,
+        server: &server,
+        gateway: &gateway,
+    };
+
+    let listing = r.list();
+    assert!(
+        listing.contains("down.bin"),
+        "LIST misses down.bin:\n{listing}"
+    );
+
+    let got = work.path().join("got.bin");
+    r.get("down.bin", &got);
+    assert_eq!(sha256(&got), down_sha, "RETR corrupted the file");
+
+    r.put(&up, "up.bin");
+    assert_eq!(
+        sha256(&server.file("up.bin")),
+        up_sha,
+        "STOR corrupted the file"
+    );
+}
+
+macro_rules! matrix {
+    ($($name:ident: $role:ident, $client:ident, $mode:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            transfers(Role::$role, Client::$client, Mode::$mode);
+        }
+    )*};
+}
+
+matrix! {
+    publish_curl_pasv: Publish, Curl, Pasv;
+    publish_curl_epsv: Publish, Curl, Epsv;
+    publish_curl_port: Publish, Curl, Port;
+    publish_curl_eprt: Publish, Curl, Eprt;
+    publish_ftplib_pasv: Publish, Ftplib, Pasv;
+    publish_ftplib_epsv: Publish, Ftplib, Epsv;
+    publish_ftplib_port: Publish, Ftplib, Port;
+    publish_ftplib_eprt: Publish, Ftplib, Eprt;
+    explicit_curl_pasv: Explicit, Curl, Pasv;
+    explicit_curl_epsv: Explicit, Curl, Epsv;
+    explicit_curl_port: Explicit, Curl, Port;
+    explicit_curl_eprt: Explicit, Curl, Eprt;
+    explicit_ftplib_pasv: Explicit, Ftplib, Pasv;
+    explicit_ftplib_epsv: Explicit, Ftplib, Epsv;
+    explicit_ftplib_port: Explicit, Ftplib, Port;
+    explicit_ftplib_eprt: Explicit, Ftplib, Eprt;
+}
+
+#[test]
+fn passive_reply_names_the_gateway_port() {
+    // The client is told ftpgate's data port, not the server's: the data really crosses
+    // the gateway.
+    let server = PyFtpd::start(&["--passive-ports", "47000-47009"]);
+    let yaml = gateway_yaml(Role::Publish, server.port);
+    let range = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("data_ports: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let (first, last) = range.split_once('-').unwrap();
+    let (first, last): (u16, u16) = (first.parse().unwrap(), last.parse().unwrap());
+    let gateway = Gateway::start(&yaml);
+    let addr = gateway.addr();
+    let script = format!(
+        "import ftplib\nf=ftplib.FTP()\nf.connect('{}',{})\nf.login()\nprint(f.sendcmd('PASV'))\nprint(f.sendcmd('EPSV'))\nf.quit()",
+        addr.ip(),
+        addr.port()
+    );
+    let out = run_ok(Command::new("python3").args(["-c", &script]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let pasv = lines.next().unwrap();
+    let nums: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
+        .split(',')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(&nums[..4], &[127, 0, 0, 1]);
+    let port = nums[4] * 256 + nums[5];
+    assert!((first..=last).contains(&port), "{pasv}");
+    let epsv = lines.next().unwrap();
+    let port: u16 = epsv
+        .split("|||")
+        .nth(1)
+        .and_then(|rest| rest.split('|').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {epsv}"));
+    assert!((first..=last).contains(&port), "{epsv}");
+}
+
+#[test]
+fn explicit_proxy_refuses_denied_upstreams() {
+    // With the default deny list, USER name@127.0.0.1 must not reach loopback.
+    let server = PyFtpd::start(&[]);
+    let yaml = format!(
+        r#"
+gateways:
+  - name: explicit
+    listen: "127.0.0.1:0"
+    upstream: "user@host"
+    server_side: {{ address: 127.0.0.1 }}
+    data_ports: "{}"
+log: {{ level: warn }}
+"#,
+        data_ports(5)
+    );
+    let gateway = Gateway::start(&yaml);
+    let addr = gateway.addr();
+    let out = run(Command::new("python3")
+        .arg(support("ftpclient.py"))
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args([
+            "--mode",
+            "PASV",
+            "--user",
+            &format!("anonymous@127.0.0.1:{}", server.port),
+        ])
+        .arg("list"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("421") && err.contains("not allowed"), "{err}");
+}
