@@ -350,13 +350,10 @@ impl DataChannels for SessionData {
         let listener =
             TcpListener::from_std(listener).map_err(|e| DataOpenError::Listen(e.to_string()))?;
         let port = lease.port();
-        let task = tokio::spawn(channel::run(
-            id,
-            listener,
-            lease,
-            plan.clone(),
-            self.channel_ctx.clone(),
-        ));
+        let task = tokio::spawn(
+            channel::run(id, listener, lease, plan.clone(), self.channel_ctx.clone())
+                .instrument(tracing::Span::current()),
+        );
         self.tasks.insert(id, task.abort_handle());
         tracing::debug!(channel = id, port, ?plan, "data channel opened");
         Ok(port)
