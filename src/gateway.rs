@@ -142,7 +142,7 @@ impl Gateways {
                 cfg: g.clone(),
                 name: Arc::from(g.name.as_str()),
                 limits: config.limits.clone(),
-                pool: PortPool::new(g.data_ports),
+                pool: PortPool::new(g.data_ports, g.upstream == Upstream::Transparent),
                 admission: Arc::clone(&admission),
                 listen_addr,
             };
@@ -285,8 +285,10 @@ enum Target {
 fn transparent_target(ctx: &GatewayContext, stream: &TcpStream) -> Result<SocketAddr, String> {
     let dst = crate::sys::original_destination(stream)
         .map_err(|e| format!("cannot read the original destination: {e}"))?;
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
-    if dst == local || dst == ctx.listen_addr {
+    // A connection made to ftpgate's own port rather than redirected to it would make
+    // ftpgate dial itself. (With TPROXY the local address is the original destination.)
+    let listen = ctx.listen_addr;
+    if dst.port() == listen.port() && (listen.ip().is_unspecified() || dst.ip() == listen.ip()) {
         telemetry::refused(&ctx.name, "not_redirected");
         return Err("this port only serves redirected connections".into());
     }

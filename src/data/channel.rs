@@ -175,8 +175,8 @@ async fn relay(
         }
         n
     };
-    let (up, down) = tokio::join!(upload, download);
-    let (up, down) = (up?, down?);
+    // An error in either direction (a reset, say) ends both: the transfer is over.
+    let (up, down) = tokio::try_join!(upload, download)?;
     telemetry::relayed(&ctx.gateway, up, down);
     Ok((up, down))
 }

@@ -18,6 +18,7 @@ const DATA_BACKLOG: i32 = 8;
 #[derive(Debug)]
 pub struct PortPool {
     range: PortRange,
+    transparent: bool,
     state: Mutex<PoolState>,
 }
 
@@ -53,10 +54,12 @@ impl Drop for PortLease {
 }
 
 impl PortPool {
-    /// A pool over `range`.
-    pub fn new(range: PortRange) -> Arc<Self> {
+    /// A pool over `range`. With `transparent`, listeners get `IP_TRANSPARENT` when the
+    /// process may set it, so that TPROXY can deliver redirected data connections to them.
+    pub fn new(range: PortRange, transparent: bool) -> Arc<Self> {
         Arc::new(Self {
             range,
+            transparent,
             state: Mutex::new(PoolState {
                 in_use: vec![false; range.count()],
                 next: 0,
@@ -108,7 +111,7 @@ impl PortPool {
     ) -> Result<(std::net::TcpListener, PortLease), DataOpenError> {
         let mut tried = 0;
         while let Some(lease) = self.take_free(&mut tried) {
-            match bind_listener(SocketAddr::new(ip, lease.port())) {
+            match bind_listener(SocketAddr::new(ip, lease.port()), self.transparent) {
                 Ok(listener) => return Ok((listener, lease)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(DataOpenError::Listen(format!("{ip}: {e}"))),
@@ -118,9 +121,14 @@ impl PortPool {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_listener(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if transparent {
+        // Without CAP_NET_ADMIN this fails; REDIRECT still works, TPROXY does not (logged
+        // once at start-up for the control listener).
+        let _ = crate::sys::set_transparent(&socket, addr.is_ipv6());
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -141,10 +149,13 @@ mod tests {
     #[test]
     fn leases_return_and_exhaustion_is_reported() {
         // A tiny pool high in the ephemeral range; ports held elsewhere are skipped.
-        let pool = PortPool::new(PortRange {
-            first: 47_110,
-            last: 47_112,
-        });
+        let pool = PortPool::new(
+            PortRange {
+                first: 47_110,
+                last: 47_112,
+            },
+            false,
+        );
         let a = pool.bind(localhost()).unwrap();
         let b = pool.bind(localhost()).unwrap();
         let c = pool.bind(localhost()).unwrap();
@@ -164,10 +175,13 @@ mod tests {
 
     #[test]
     fn ports_held_by_others_are_skipped() {
-        let pool = PortPool::new(PortRange {
-            first: 47_120,
-            last: 47_121,
-        });
+        let pool = PortPool::new(
+            PortRange {
+                first: 47_120,
+                last: 47_121,
+            },
+            false,
+        );
         let squatter = std::net::TcpListener::bind((localhost(), 47_120)).unwrap();
         let (_l, lease) = pool.bind(localhost()).unwrap();
         assert_eq!(lease.port(), 47_121);

@@ -334,6 +334,14 @@ def main():
                                    inet_server, lambda m: True))
         topo.stop(gw.proc)
 
+        # 2b. The same with TPROXY instead of REDIRECT.
+        topo.router_rules(files=[os.path.join(REPO, "deploy/nftables/outbound-tproxy.nft")])
+        gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, "config/outbound.yaml"),
+                     "outbound-tproxy", "10.0.0.1:2121")
+        run_cells("ftpgate", cells("tproxy", "lan", "203.0.113.10", 21, "anonymous",
+                                   inet_server, lambda m: True))
+        topo.stop(gw.proc)
+
         # 3. Publish through ftpgate, forward chain closed.
         topo.router_rules(files=[os.path.join(REPO, "deploy/nftables/publish.nft")])
         gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, "config/publish.yaml"),

@@ -7,6 +7,7 @@ password "pass") may read and write ROOT.
 import argparse
 import logging
 import sys
+import warnings
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -29,6 +30,8 @@ def main():
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
+    # Anonymous write access is what these tests want.
+    warnings.filterwarnings("ignore", message="write permissions assigned to anonymous")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         stream=sys.stderr)
     auth = DummyAuthorizer()

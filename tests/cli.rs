@@ -1,0 +1,120 @@
+//! The `ftpgate` command line: configuration checks, start-up errors, shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ftpgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+}
+
+#[test]
+fn every_shipped_configuration_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = ftpgate()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.contains("gateways:") && printed.contains("limits:"));
+        checked += 1;
+    }
+    assert!(checked >= 4, "expected the example configurations");
+}
+
+#[test]
+fn a_bad_configuration_is_named_precisely() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "gateways:\n  - name: x\n    listen: \"127.0.0.1:2121\"\n    upstream: \"h:21\"\n    server_side: { address: 127.0.0.1 }\n    data_ports: \"9-1\"\n",
+    )
+    .unwrap();
+    let out = ftpgate()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(err.contains("gateways[0].data_ports"), "{err}");
+    assert!(err.contains("line 6"), "{err}");
+    // `run` refuses it the same way, before binding anything.
+    let out = ftpgate()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn an_address_in_use_stops_start_up_with_a_clear_error() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busy.yaml");
+    std::fs::write(
+        &file,
+        format!("gateways:\n  - name: busy\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:21\"\n    server_side: {{ address: 127.0.0.1 }}\n"),
+    )
+    .unwrap();
+    let out = ftpgate()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway \"busy\": cannot listen on 127.0.0.1:") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_gateway_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.yaml");
+    std::fs::write(
+        &file,
+        "gateways:\n  - name: ok\n    listen: \"127.0.0.1:0\"\n    upstream: \"127.0.0.1:21\"\n    server_side: { address: 127.0.0.1 }\n",
+    )
+    .unwrap();
+    let mut child = ftpgate()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ftpgate ready") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited before ready"
+        );
+    }
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
