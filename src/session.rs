@@ -458,7 +458,8 @@ impl Session {
                 tracing::info!(rule = "tls_refused", mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
                 self.reply_local(b"534 TLS is refused by this gateway's policy.\r\n".to_vec());
             }
-            Command::Rein => {
+            Command::Rein | Command::Abor => {
+                // An announced data connection that never came is not coming now.
                 self.cancel_prepared(data);
                 self.forward(line, Awaiting::Other);
             }

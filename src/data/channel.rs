@@ -197,3 +197,124 @@ async fn copy_half(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> io::Resul
     let _ = to.shutdown().await;
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PortRange;
+    use crate::data::ports::PortPool;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    struct Started {
+        port: u16,
+        events: mpsc::UnboundedReceiver<(ChannelId, DataEvent)>,
+        pool: std::sync::Arc<PortPool>,
+    }
+
+    /// Starts a channel whose listener faces the client and which dials `server`.
+    async fn start(server: SocketAddr, expect_peer: IpAddr, timeout: Duration) -> Started {
+        let pool = PortPool::new(
+            PortRange {
+                first: 47_200,
+                last: 47_219,
+            },
+            false,
+        );
+        let (listener, lease) = pool.bind(LOCAL).unwrap();
+        let port = lease.port();
+        let (tx, events) = mpsc::unbounded_channel();
+        let plan = DataPlan {
+            listen: LOCAL,
+            listener_faces: Side::Client,
+            expect_peer,
+            dial: server,
+            dial_from: DialSource::Bind(LOCAL),
+        };
+        let ctx = ChannelContext {
+            gateway: "test".into(),
+            timeout,
+            events: tx,
+        };
+        tokio::spawn(run(
+            7,
+            TcpListener::from_std(listener).unwrap(),
+            lease,
+            plan,
+            ctx,
+        ));
+        Started { port, events, pool }
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close_and_reports_in_order() {
+        let server = TcpListener::bind((LOCAL, 0)).await.unwrap();
+        let mut ch = start(server.local_addr().unwrap(), LOCAL, Duration::from_secs(5)).await;
+        let mut client = TcpStream::connect((LOCAL, ch.port)).await.unwrap();
+        let (mut upstream, _) = server.accept().await.unwrap();
+        assert_eq!(ch.events.recv().await, Some((7, DataEvent::Established)));
+        assert_eq!(ch.pool.leased(), 0, "the port returns once the peer is in");
+
+        // Upload, then the client half-closes: the server sees EOF but can still answer.
+        let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&upload).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, upload);
+
+        // Download after the half-close, then the server closes.
+        let download: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+        upstream.write_all(&download).await.unwrap();
+        drop(upstream);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, download);
+
+        assert_eq!(
+            ch.events.recv().await,
+            Some((7, DataEvent::ServerToClientDone))
+        );
+        assert_eq!(ch.events.recv().await, Some((7, DataEvent::Finished)));
+    }
+
+    #[tokio::test]
+    async fn strangers_are_closed_without_using_up_the_listener() {
+        let server = TcpListener::bind((LOCAL, 0)).await.unwrap();
+        // Expect a peer address that the test's own connections do not have.
+        let expected: IpAddr = "127.0.0.2".parse().unwrap();
+        let mut ch = start(
+            server.local_addr().unwrap(),
+            expected,
+            Duration::from_secs(5),
+        )
+        .await;
+        let mut stranger = TcpStream::connect((LOCAL, ch.port)).await.unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(stranger.read(&mut buf).await.unwrap(), 0, "closed at once");
+        // The expected peer still gets in.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind((expected, 0).into()).unwrap();
+        let _client = socket.connect((LOCAL, ch.port).into()).await.unwrap();
+        let _ = server.accept().await.unwrap();
+        assert_eq!(ch.events.recv().await, Some((7, DataEvent::Established)));
+    }
+
+    #[tokio::test]
+    async fn an_unused_listener_times_out_and_frees_its_port() {
+        let mut ch = start(
+            "127.0.0.1:9".parse().unwrap(),
+            LOCAL,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert_eq!(ch.pool.leased(), 1);
+        match ch.events.recv().await {
+            Some((7, DataEvent::Failed(reason))) => {
+                assert!(reason.contains("no connection"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ch.pool.leased(), 0);
+    }
+}

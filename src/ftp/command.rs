@@ -48,6 +48,8 @@ pub enum Command<'a> {
     Auth(&'a [u8]),
     /// `QUIT`.
     Quit,
+    /// `ABOR` (Telnet `IAC IP IAC DM` in front of it already removed).
+    Abor,
     /// `REIN`.
     Rein,
     /// Any other line, including ones that are not commands at all.
@@ -117,6 +119,8 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
         Command::Auth(arg_or_empty)
     } else if is("QUIT") {
         Command::Quit
+    } else if is("ABOR") {
+        Command::Abor
     } else if is("REIN") {
         Command::Rein
     } else {
@@ -238,6 +242,7 @@ mod tests {
         assert_eq!(parse_command(b"EPSV 7"), Command::Other);
         assert_eq!(parse_command(b"USER bob"), Command::User(b"bob"));
         assert_eq!(parse_command(b"AUTH TLS"), Command::Auth(b"TLS"));
+        assert_eq!(parse_command(b"abor"), Command::Abor);
         assert_eq!(parse_command(b"RETR x"), Command::Other);
         assert_eq!(parse_command(b"227 (1,2,3,4,5,6)"), Command::Other);
         assert_eq!(parse_command(b""), Command::Other);

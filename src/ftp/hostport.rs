@@ -75,6 +75,14 @@ fn fields_to_addr(f: [u8; 6]) -> Result<SocketAddrV4, HostPortError> {
 }
 
 /// Parses the argument of `PORT`: exactly `h1,h2,h3,h4,p1,p2` and nothing else.
+///
+/// ```
+/// use ftpgate::ftp::hostport::{encode_port_arg, parse_port_arg};
+/// let addr = parse_port_arg(b"10,0,0,5,4,1").unwrap();
+/// assert_eq!(addr.to_string(), "10.0.0.5:1025");
+/// assert_eq!(encode_port_arg(addr), "10,0,0,5,4,1");
+/// assert!(parse_port_arg(b"10,0,0,256,4,1").is_err());
+/// ```
 pub fn parse_port_arg(arg: &[u8]) -> Result<SocketAddrV4, HostPortError> {
     const EXPECTED: &str = "six comma-separated numbers 0-255 (h1,h2,h3,h4,p1,p2)";
     match six_fields(arg) {
@@ -96,6 +104,14 @@ pub fn encode_port_arg(addr: SocketAddrV4) -> String {
 /// them. The first run of exactly six strict fields that is not part of a longer run of
 /// digits and commas is taken. Returns the address and the byte range of the numbers in
 /// `text`, so that a rewrite can replace just them.
+///
+/// ```
+/// use ftpgate::ftp::hostport::find_227;
+/// let text = b"Entering Passive Mode (192,168,1,2,19,137).";
+/// let (addr, span) = find_227(text).unwrap();
+/// assert_eq!(addr.to_string(), "192.168.1.2:5001");
+/// assert_eq!(&text[span], b"192,168,1,2,19,137");
+/// ```
 pub fn find_227(text: &[u8]) -> Result<(SocketAddrV4, Range<usize>), HostPortError> {
     let is_field_byte = |b: u8| b.is_ascii_digit() || b == b',';
     for start in 0..text.len() {
@@ -136,6 +152,13 @@ fn is_delimiter(b: u8) -> bool {
 }
 
 /// Parses the argument of `EPRT`: `<d><af><d><address><d><port><d>`.
+///
+/// ```
+/// use ftpgate::ftp::hostport::{encode_eprt_arg, parse_eprt_arg};
+/// let addr = parse_eprt_arg(b"|2|2001:DB8::1|2121|").unwrap();
+/// // Written back in RFC 5952 canonical text.
+/// assert_eq!(encode_eprt_arg(addr), "|2|2001:db8::1|2121|");
+/// ```
 pub fn parse_eprt_arg(arg: &[u8]) -> Result<SocketAddr, HostPortError> {
     const EXPECTED: &str = "<d>af<d>address<d>port<d> with af 1 or 2";
     let malformed = HostPortError::Malformed { expected: EXPECTED };

@@ -425,10 +425,20 @@ fn explicit_upstream_failure_is_reported() {
 }
 
 #[test]
-fn telnet_abor_is_forwarded_unchanged() {
+fn telnet_abor_is_forwarded_unchanged_and_releases_an_unused_channel() {
     let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
     let line = b"\xff\xf4\xff\xf2ABOR\r\n";
     assert_eq!(h.client(line), vec![Action::ToServer(line.to_vec())]);
+    assert_eq!(h.data.cancelled, vec![1]);
+    // An established transfer is not the prepared one: ABOR leaves it to the server.
+    h.server(b"225 ABOR ok\r\n");
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.data_ev(2, DataEvent::Established);
+    h.client(line);
+    assert_eq!(h.data.cancelled, vec![1]);
 }
 
 #[test]
