@@ -1,12 +1,20 @@
 //! The `ftpgate` command line: configuration checks, start-up errors, shutdown.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn ftpgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+}
+
+/// Writes a configuration into a fresh temporary directory (kept alive by the guard).
+fn config_file(name: &str, yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, yaml).unwrap();
+    (dir, file)
 }
 
 #[test]
@@ -35,13 +43,10 @@ fn every_shipped_configuration_is_valid() {
 
 #[test]
 fn a_bad_configuration_is_named_precisely() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.yaml");
-    std::fs::write(
-        &file,
+    let (_dir, file) = config_file(
+        "bad.yaml",
         "gateways:\n  - name: x\n    listen: \"127.0.0.1:2121\"\n    upstream: \"h:21\"\n    server_side: { address: 127.0.0.1 }\n    data_ports: \"9-1\"\n",
-    )
-    .unwrap();
+    );
     let out = ftpgate()
         .args(["check", "--config"])
         .arg(&file)
@@ -65,13 +70,10 @@ fn a_bad_configuration_is_named_precisely() {
 fn an_address_in_use_stops_start_up_with_a_clear_error() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = squatter.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("busy.yaml");
-    std::fs::write(
-        &file,
-        format!("gateways:\n  - name: busy\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:21\"\n    server_side: {{ address: 127.0.0.1 }}\n"),
-    )
-    .unwrap();
+    let (_dir, file) = config_file(
+        "busy.yaml",
+        &format!("gateways:\n  - name: busy\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:21\"\n    server_side: {{ address: 127.0.0.1 }}\n"),
+    );
     let out = ftpgate()
         .args(["run", "--config"])
         .arg(&file)
@@ -87,13 +89,10 @@ fn an_address_in_use_stops_start_up_with_a_clear_error() {
 
 #[test]
 fn sigterm_stops_the_gateway_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ok.yaml");
-    std::fs::write(
-        &file,
+    let (_dir, file) = config_file(
+        "ok.yaml",
         "gateways:\n  - name: ok\n    listen: \"127.0.0.1:0\"\n    upstream: \"127.0.0.1:21\"\n    server_side: { address: 127.0.0.1 }\n",
-    )
-    .unwrap();
+    );
     let mut child = ftpgate()
         .args(["run", "--config"])
         .arg(&file)

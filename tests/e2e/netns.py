@@ -325,38 +325,34 @@ def main():
                              lambda m: m == "active") if c.client == "curl"
         ])
 
-        # 2. Outbound transparent through ftpgate, forward chain closed.
-        topo.router_rules(files=[os.path.join(REPO, "deploy/nftables/outbound.nft")])
-        topo.run("rtr", ["sh", os.path.join(REPO, "deploy/outbound-policy-routing.sh")], check=True)
-        gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, "config/outbound.yaml"),
-                     "outbound", "10.0.0.1:2121")
-        run_cells("ftpgate", cells("outbound", "lan", "203.0.113.10", 21, "anonymous",
-                                   inet_server, lambda m: True))
-        topo.stop(gw.proc)
+        def through_ftpgate(name, config, listen, cell_list, files=(), text=None):
+            topo.router_rules(text=text, files=[os.path.join(REPO, f) for f in files])
+            gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, config), name, listen)
+            run_cells("ftpgate", cell_list)
+            topo.stop(gw.proc)
 
-        # 2b. The same with TPROXY instead of REDIRECT.
-        topo.router_rules(files=[os.path.join(REPO, "deploy/nftables/outbound-tproxy.nft")])
-        gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, "config/outbound.yaml"),
-                     "outbound-tproxy", "10.0.0.1:2121")
-        run_cells("ftpgate", cells("tproxy", "lan", "203.0.113.10", 21, "anonymous",
-                                   inet_server, lambda m: True))
-        topo.stop(gw.proc)
+        # 2. Outbound transparent through ftpgate (REDIRECT, then TPROXY), forward closed.
+        topo.run("rtr", ["sh", os.path.join(REPO, "deploy/outbound-policy-routing.sh")], check=True)
+        through_ftpgate("outbound", "config/outbound.yaml", "10.0.0.1:2121",
+                        cells("outbound", "lan", "203.0.113.10", 21, "anonymous", inet_server,
+                              lambda m: True),
+                        files=["deploy/nftables/outbound.nft"])
+        through_ftpgate("outbound-tproxy", "config/outbound.yaml", "10.0.0.1:2121",
+                        cells("tproxy", "lan", "203.0.113.10", 21, "anonymous", inet_server,
+                              lambda m: True),
+                        files=["deploy/nftables/outbound-tproxy.nft"])
 
         # 3. Publish through ftpgate, forward chain closed.
-        topo.router_rules(files=[os.path.join(REPO, "deploy/nftables/publish.nft")])
-        gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, "config/publish.yaml"),
-                     "publish", "203.0.113.1:21")
-        run_cells("ftpgate", cells("publish", "inet", "203.0.113.1", 21, "anonymous",
-                                   dmz_server, lambda m: True))
-        topo.stop(gw.proc)
+        through_ftpgate("publish", "config/publish.yaml", "203.0.113.1:21",
+                        cells("publish", "inet", "203.0.113.1", 21, "anonymous", dmz_server,
+                              lambda m: True),
+                        files=["deploy/nftables/publish.nft"])
 
-        # 4. Explicit proxy, no rules but a closed forward chain.
-        topo.router_rules(text=FORWARD_DROP_RULES)
-        gw = Ftpgate(topo, args.ftpgate, os.path.join(REPO, "config/explicit.yaml"),
-                     "explicit", "10.0.0.1:2121")
-        run_cells("ftpgate", cells("explicit", "lan", "10.0.0.1", 2121,
-                                   "anonymous@203.0.113.10", inet_server, lambda m: True))
-        topo.stop(gw.proc)
+        # 4. Explicit proxy: no rules but a closed forward chain.
+        through_ftpgate("explicit", "config/explicit.yaml", "10.0.0.1:2121",
+                        cells("explicit", "lan", "10.0.0.1", 2121, "anonymous@203.0.113.10",
+                              inet_server, lambda m: True),
+                        text=FORWARD_DROP_RULES)
     finally:
         topo.down()
         bad = [r for r in results if r[1].expect_ok != r[2]]
