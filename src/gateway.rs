@@ -138,11 +138,16 @@ impl Gateways {
             };
             let listener = bind_control(g).map_err(err)?;
             let listen_addr = listener.local_addr().map_err(err)?;
+            let name: Arc<str> = Arc::from(g.name.as_str());
             let ctx = GatewayContext {
                 cfg: g.clone(),
-                name: Arc::from(g.name.as_str()),
+                pool: PortPool::new(
+                    Arc::clone(&name),
+                    g.data_ports,
+                    g.upstream == Upstream::Transparent,
+                ),
+                name,
                 limits: config.limits.clone(),
-                pool: PortPool::new(g.data_ports, g.upstream == Upstream::Transparent),
                 admission: Arc::clone(&admission),
                 listen_addr,
             };

@@ -423,9 +423,8 @@ impl Session {
                 b"534 TLS is not available before USER name@host through this proxy.\r\n".to_vec(),
             ),
             Command::Quit => self.close_with(b"221 Goodbye.\r\n".to_vec()),
-            _ if is_verb(&clean, "FEAT") => {
-                self.reply_local(b"211-Features:\r\n211 End\r\n".to_vec())
-            }
+            // FEAT included: a client then asks again after login and learns the real
+            // server's features (lftp trusts a pre-login feature list for the session).
             _ => self.reply_local(b"530 Log in with USER name@host[:port] first.\r\n".to_vec()),
         }
     }
@@ -923,11 +922,6 @@ impl Session {
 
 fn is_preliminary(code: Option<u16>) -> bool {
     matches!(code, Some(100..=199))
-}
-
-fn is_verb(clean: &[u8], verb: &str) -> bool {
-    crate::ftp::command::split_command(clean)
-        .is_some_and(|c| c.verb.eq_ignore_ascii_case(verb.as_bytes()))
 }
 
 /// The code of a reply ftpgate wrote (always `ddd ` or `ddd-`).

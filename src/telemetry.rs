@@ -6,7 +6,9 @@
 //! - `ftpgate_refusals_total{gateway,reason}`: refusals by the rule that fired;
 //! - `ftpgate_data_channels_failed_total{gateway}`: data channels that ended without relaying;
 //! - `ftpgate_relayed_bytes_total{gateway,direction}`: data bytes relayed
-//!   (`direction` = `to_server` or `to_client`).
+//!   (`direction` = `to_server` or `to_client`);
+//! - `ftpgate_data_ports_in_use{gateway}` and `ftpgate_data_ports{gateway}`: leased data
+//!   ports and the size of the pool.
 
 use std::net::SocketAddr;
 
@@ -88,4 +90,15 @@ pub fn relayed(gateway: &str, to_server: u64, to_client: u64) {
         .increment(to_server);
     metrics::counter!("ftpgate_relayed_bytes_total", "gateway" => gateway.to_owned(), "direction" => "to_client")
         .increment(to_client);
+}
+
+/// The number of leased data ports changed.
+pub fn data_ports_in_use(gateway: &str, leased: usize) {
+    metrics::gauge!("ftpgate_data_ports_in_use", "gateway" => gateway.to_owned())
+        .set(leased as f64);
+}
+
+/// The size of a gateway's data-port pool.
+pub fn data_ports_size(gateway: &str, size: usize) {
+    metrics::gauge!("ftpgate_data_ports", "gateway" => gateway.to_owned()).set(size as f64);
 }

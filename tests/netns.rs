@@ -1,36 +1,52 @@
-//! End-to-end tests in network namespaces: LAN, router, internet and DMZ, with the
-//! router's forward chain closed so that only ftpgate carries FTP, vsftpd as the server,
-//! curl and lftp as clients. The topology, rule files and cells live in
-//! `tests/e2e/netns.py`; this test runs it against the freshly built binary.
+//! End-to-end tests in network namespaces (LAN, router, internet, DMZ), driven from
+//! `cargo test`; the labs themselves live in `tests/e2e/`:
+//! - `netns.py`: the three roles with the router's forward chain closed, and the same
+//!   topology with a plain NAT router where active outbound and passive publish fail;
+//! - `interop.py`: roles x servers (vsftpd, pure-ftpd, pyftpdlib) x clients (curl, lftp,
+//!   ftplib) through ftpgate and, side by side, the kernel's FTP helper; 40 parallel
+//!   sessions per role; a server and a client killed mid-transfer.
 //!
-//! Needs root. Without root it is skipped with a loud message, except under CI
+//! Needs root. Without root each test is skipped with a loud message, except under CI
 //! (`CI` set), where a skip would hide missing coverage and so fails instead.
 
 use std::process::Command;
+use std::sync::Mutex;
 
-#[test]
-fn netns_end_to_end() {
+/// The labs share the machine's two cores; running them one at a time keeps timing sane.
+static LAB: Mutex<()> = Mutex::new(());
+
+fn run_lab(script: &str) {
+    let _one_at_a_time = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let uid = Command::new("id").arg("-u").output().expect("id -u");
-    let is_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
-    if !is_root {
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must run the network-namespace tests as root"
         );
-        eprintln!("SKIPPED netns_end_to_end: needs root for network namespaces and nftables");
+        eprintln!("SKIPPED {script}: needs root for network namespaces and nftables");
         return;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/netns.py");
+    let path = format!("{}/tests/e2e/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .arg(script)
+        .arg(&path)
         .args(["--ftpgate", env!("CARGO_BIN_EXE_ftpgate")])
         .output()
-        .expect("run tests/e2e/netns.py");
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "network-namespace cells failed:\n{stdout}\n{stderr}"
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn roles_end_to_end() {
+    run_lab("netns.py");
+}
+
+#[test]
+fn interop_matrix_with_kernel_helper() {
+    run_lab("interop.py");
 }

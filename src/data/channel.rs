@@ -215,6 +215,7 @@ mod tests {
     /// Starts a channel whose listener faces the client and which dials `server`.
     async fn start(server: SocketAddr, expect_peer: IpAddr, timeout: Duration) -> Started {
         let pool = PortPool::new(
+            "test".into(),
             PortRange {
                 first: 47_200,
                 last: 47_219,

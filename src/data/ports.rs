@@ -10,6 +10,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::config::PortRange;
 use crate::session::DataOpenError;
+use crate::telemetry;
 
 /// Backlog of a one-shot listener: room for the expected peer and a few intruders.
 const DATA_BACKLOG: i32 = 8;
@@ -17,6 +18,7 @@ const DATA_BACKLOG: i32 = 8;
 /// Data ports of one gateway.
 #[derive(Debug)]
 pub struct PortPool {
+    gateway: Arc<str>,
     range: PortRange,
     transparent: bool,
     state: Mutex<PoolState>,
@@ -49,6 +51,7 @@ impl Drop for PortLease {
         let idx = usize::from(self.port - self.pool.range.first);
         if std::mem::replace(&mut st.in_use[idx], false) {
             st.leased -= 1;
+            telemetry::data_ports_in_use(&self.pool.gateway, st.leased);
         }
     }
 }
@@ -56,8 +59,10 @@ impl Drop for PortLease {
 impl PortPool {
     /// A pool over `range`. With `transparent`, listeners get `IP_TRANSPARENT` when the
     /// process may set it, so that TPROXY can deliver redirected data connections to them.
-    pub fn new(range: PortRange, transparent: bool) -> Arc<Self> {
+    pub fn new(gateway: Arc<str>, range: PortRange, transparent: bool) -> Arc<Self> {
+        telemetry::data_ports_size(&gateway, range.count());
         Arc::new(Self {
+            gateway,
             range,
             transparent,
             state: Mutex::new(PoolState {
@@ -93,6 +98,7 @@ impl PortPool {
             if !st.in_use[idx] {
                 st.in_use[idx] = true;
                 st.leased += 1;
+                telemetry::data_ports_in_use(&self.gateway, st.leased);
                 let port = self.range.first + u16::try_from(idx).ok()?;
                 return Some(PortLease {
                     pool: Arc::clone(self),
@@ -150,6 +156,7 @@ mod tests {
     fn leases_return_and_exhaustion_is_reported() {
         // A tiny pool high in the ephemeral range; ports held elsewhere are skipped.
         let pool = PortPool::new(
+            "test".into(),
             PortRange {
                 first: 47_110,
                 last: 47_112,
@@ -176,6 +183,7 @@ mod tests {
     #[test]
     fn ports_held_by_others_are_skipped() {
         let pool = PortPool::new(
+            "test".into(),
             PortRange {
                 first: 47_120,
                 last: 47_121,

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Interop matrix: ftpgate and the kernel's FTP helper, side by side (needs root).
+
+Roles {outbound transparent, publish, explicit user@host} x servers {vsftpd, pure-ftpd,
+pyftpdlib} x clients {curl EPSV/PASV/EPRT/PORT, lftp PASV/PORT/EPSV, Python ftplib
+PASV/PORT}; each cell does LIST, RETR of a 3 MiB random file and STOR of a 2 MiB one,
+both checked by SHA-256. The same cells run through the kernel helper (nf_conntrack_ftp +
+nf_nat_ftp attached with `ct helper set`, forward chain allowing related) where the role
+exists for it. Then, through ftpgate only: 40 parallel transfers per role in mixed modes
+with distinct files, and faults (a server killed and a client killed mid-transfer) after
+which every other session must finish intact and every data port must be back in the pool.
+
+Exit status 0 when every ftpgate cell and check passed; kernel cells are recorded, not
+judged. --write-doc FILE puts the table into FILE between the matrix markers.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import lab
+
+# The kernel's helper as a router uses it since Linux 6.0: attached explicitly with
+# `ct helper set`, NAT by masquerade (outbound) and DNAT (publish), related data allowed.
+KERNEL_RULES = """
+table inet kernel_ftp_helper {
+    ct helper ftp_std { type "ftp" protocol tcp; }
+    chain helper {
+        type filter hook prerouting priority filter; policy accept;
+        iifname { "lan0", "wan0" } tcp dport 21 ct helper set "ftp_std"
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan0" oifname "wan0" tcp dport 21 accept
+        ct status dnat tcp dport 21 accept
+    }
+    chain nat_prerouting {
+        type nat hook prerouting priority dstnat;
+        iifname "wan0" ip daddr 203.0.113.1 tcp dport 21 dnat ip to 10.0.1.10:21
+    }
+    chain nat_postrouting {
+        type nat hook postrouting priority srcnat;
+        oifname "wan0" masquerade
+    }
+}
+"""
+
+CLIENTS = [lab.Client("curl", m) for m in ("EPSV", "PASV", "EPRT", "PORT")] + \
+          [lab.Client("lftp", m) for m in ("PASV", "PORT", "EPSV")] + \
+          [lab.Client("ftplib", m) for m in ("PASV", "PORT")]
+
+
+class Role:
+    def __init__(self, name, path, server_ns, server_addr, config, listen, files=(),
+                 text=None, kernel=True):
+        self.name, self.path = name, path
+        self.server_ns, self.server_addr = server_ns, server_addr
+        self.config, self.listen, self.files, self.text = config, listen, files, text
+        self.kernel = kernel
+
+
+ROLES = [
+    Role("outbound", lab.Path("lan", "203.0.113.10", 21, "anonymous"), "inet", "203.0.113.10",
+         "config/outbound.yaml", "10.0.0.1:2121", files=["deploy/nftables/outbound.nft"]),
+    Role("publish", lab.Path("inet", "203.0.113.1", 21, "anonymous"), "dmz", "10.0.1.10",
+         "config/publish.yaml", "203.0.113.1:21", files=["deploy/nftables/publish.nft"]),
+    Role("explicit", lab.Path("lan", "10.0.0.1", 2121, "anonymous@203.0.113.10"), "inet",
+         "203.0.113.10", "config/explicit.yaml", "10.0.0.1:2121",
+         text=lab.FORWARD_DROP_RULES, kernel=False),
+]
+
+FAULTS_CONFIG = """
+gateways:
+  - name: faults
+    listen: "10.0.0.1:2121"
+    upstream: "user@host"
+    client_side: { address: 10.0.0.1 }
+    server_side: { address: 203.0.113.1 }
+    data_ports: "41000-41999"
+    allow_clients: ["10.0.0.0/24"]
+limits:
+  data_accept_timeout: 5s
+metrics:
+  listen: "10.0.0.1:9464"
+log:
+  level: info
+"""
+
+
+class Matrix:
+    def __init__(self, topo, binary):
+        self.topo, self.binary = topo, binary
+        self.cells = {}     # (role, server, client label) -> {"kernel": .., "ftpgate": ..}
+        self.checks = []    # (name, ok, detail)
+
+    def record(self, role, server, client, column, ok, detail):
+        self.cells.setdefault((role, server, client.label), {})[column] = (ok, detail)
+        print("%-8s %-9s %-10s %-11s %-4s %s" % (column, role, server, client.label,
+                                                 "ok" if ok else "FAIL", detail), flush=True)
+
+    def run_clients(self, column, role, server):
+        for client in CLIENTS:
+            tag = "%s-%s-%s-%s-%s" % (column, role.name, server.name, client.tool, client.mode)
+            ok, detail = lab.run_cell(self.topo, tag, client, role.path, server)
+            self.record(role.name, server.name, client, column, ok, detail)
+
+    def start_gateway(self, role, name=None):
+        self.topo.router_rules(text=role.text, files=role.files)
+        return lab.Ftpgate(self.topo, self.binary, role.config, name or role.name, role.listen)
+
+    def matrix(self, server_names):
+        for server_name in server_names:
+            cls = lab.SERVERS[server_name]
+            servers = {ns: cls(self.topo, ns, addr) for ns, addr in
+                       (("inet", "203.0.113.10"), ("dmz", "10.0.1.10"))}
+            for role in ROLES:
+                server = servers[role.server_ns]
+                gw = self.start_gateway(role, "%s-%s" % (role.name, server_name))
+                self.run_clients("ftpgate", role, server)
+                gw.stop()
+                if role.kernel:
+                    self.topo.router_rules(text=KERNEL_RULES)
+                    self.run_clients("kernel", role, server)
+            for s in servers.values():
+                s.stop()
+
+    def check(self, name, ok, detail):
+        self.checks.append((name, ok, detail))
+        print("check    %-40s %-4s %s" % (name, "ok" if ok else "FAIL", detail), flush=True)
+
+    def concurrency(self, jobs=40):
+        """40 transfers at once per role, clients and modes mixed, distinct files."""
+        servers = {ns: lab.Vsftpd(self.topo, ns, addr) for ns, addr in
+                   (("inet", "203.0.113.10"), ("dmz", "10.0.1.10"))}
+        for role in ROLES:
+            server = servers[role.server_ns]
+            gw = self.start_gateway(role, "concurrency-" + role.name)
+            files = [("par-%s-%d.bin" % (role.name, i), None) for i in range(jobs)]
+            files = [(n, server.add_file(n, 1024 * 1024 + i)) for i, (n, _) in enumerate(files)]
+            started = time.time()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(lab.run_cell, self.topo,
+                                       "par-%s-%d" % (role.name, i), CLIENTS[i % len(CLIENTS)],
+                                       role.path, server, 60, files[i])
+                           for i in range(jobs)]
+                results = [f.result() for f in futures]
+            bad = [d for ok, d in results if not ok]
+            self.check("%d parallel sessions via %s" % (jobs, role.name), not bad,
+                       "all SHA-256 ok in %.1f s" % (time.time() - started) if not bad
+                       else "%d failed: %s" % (len(bad), bad[0]))
+            gw.stop()
+        for s in servers.values():
+            s.stop()
+
+    def faults(self):
+        """A server killed mid-transfer and a client killed mid-transfer, through the
+        explicit role: only their sessions end; the rest finish; ports return."""
+        topo = self.topo
+        topo.router_rules(text=lab.FORWARD_DROP_RULES)
+        doomed = lab.PyFtpd(topo, "inet", "203.0.113.10", 2100)
+        healthy = lab.PyFtpd(topo, "inet", "203.0.113.10", 2200)
+        big = 48 * 1024 * 1024
+        for s in (doomed, healthy):
+            s.big_sha = s.add_file("big.bin", big)
+        config = os.path.join(topo.work, "faults.yaml")
+        with open(config, "w") as f:
+            f.write(FAULTS_CONFIG)
+        gw = lab.Ftpgate(topo, self.binary, config, "faults", "10.0.0.1:2121")
+
+        def download(server, name, mode_args):
+            out = os.path.join(topo.work, name)
+            url = "ftp://anonymous%%40203.0.113.10%%3A%d:x@10.0.0.1:2121/big.bin" % server.port
+            p = topo.spawn("lan", ["curl", "-sS", "--limit-rate", "8M", "--max-time", "60",
+                                   "-o", out] + mode_args + [url], name + ".log")
+            return p, out
+
+        up_src = os.path.join(topo.work, "fault-up.bin")
+        up_sha = lab.random_file(up_src, 24 * 1024 * 1024)
+        url = "ftp://anonymous%40203.0.113.10%3A2200:x@10.0.0.1:2121/upload/fault-up.bin"
+        upload = topo.spawn("lan", ["curl", "-sS", "--limit-rate", "8M", "--max-time", "60",
+                                    "-T", up_src, url], "fault-up.log")
+        victim_server, _ = download(doomed, "fault-server-killed.bin", ["--ftp-pasv"])
+        victim_client, _ = download(healthy, "fault-client-killed.bin", ["--ftp-port", "10.0.0.2"])
+        survivors = [download(healthy, "fault-ok-%d.bin" % i, m) for i, m in
+                     enumerate((["--ftp-pasv"], ["--ftp-port", "10.0.0.2"],
+                                ["--ftp-pasv", "--disable-epsv"]))]
+        time.sleep(1.5)
+        doomed.stop(signal.SIGKILL)
+        topo.stop(victim_client, signal.SIGKILL)
+        victim_server.wait(60)
+        self.check("server killed: its session ends with an error",
+                   victim_server.returncode != 0, "curl exit %d" % victim_server.returncode)
+        intact = []
+        for p, out in survivors:
+            p.wait(60)
+            intact.append(p.returncode == 0 and lab.sha256_file(out) == healthy.big_sha)
+        upload.wait(60)
+        stored = os.path.join(healthy.root, "upload", "fault-up.bin")
+        intact.append(upload.returncode == 0 and os.path.exists(stored)
+                      and lab.sha256_file(stored) == up_sha)
+        self.check("other sessions finish intact", all(intact),
+                   "%d of %d transfers SHA-256 ok" % (intact.count(True), len(intact)))
+        in_use, active = self.wait_pool_empty("faults")
+        self.check("data ports all back in the pool", in_use == 0,
+                   "ftpgate_data_ports_in_use=%s, sessions_active=%s" % (in_use, active))
+        listeners = topo.run("rtr", ["ss", "-Htln", "sport >= :41000 and sport <= :41999"],
+                             capture_output=True, text=True).stdout.strip()
+        self.check("no data listener left open", listeners == "", listeners or "none")
+        gw.stop()
+        healthy.stop()
+
+    def wait_pool_empty(self, gateway, timeout=15):
+        deadline = time.time() + timeout
+        in_use = active = None
+        while time.time() < deadline:
+            r = self.topo.run("rtr", ["curl", "-s", "http://10.0.0.1:9464/metrics"],
+                              capture_output=True, text=True)
+            in_use = metric(r.stdout, "ftpgate_data_ports_in_use", gateway)
+            active = metric(r.stdout, "ftpgate_sessions_active", gateway)
+            if in_use == 0 and active == 0:
+                break
+            time.sleep(0.5)
+        return in_use, active
+
+    def table(self):
+        lines = ["| role | server | client | kernel helper | ftpgate |",
+                 "|---|---|---|---|---|"]
+        for (role, server, client), cols in self.cells.items():
+            def show(col):
+                if col not in cols:
+                    return "n/a"
+                ok, detail = cols[col]
+                return "ok" if ok else "FAIL: " + detail.replace("|", "/")
+            lines.append("| %s | %s | %s | %s | %s |" % (role, server, client,
+                                                         show("kernel"), show("ftpgate")))
+        return "\n".join(lines)
+
+    def summary(self):
+        kernel = [c["kernel"][0] for c in self.cells.values() if "kernel" in c]
+        ftpgate = [c["ftpgate"][0] for c in self.cells.values() if "ftpgate" in c]
+        return ("ftpgate %d/%d cells ok; kernel helper %d/%d cells ok; checks %d/%d ok"
+                % (ftpgate.count(True), len(ftpgate), kernel.count(True), len(kernel),
+                   sum(1 for c in self.checks if c[1]), len(self.checks)))
+
+
+def metric(text, name, gateway):
+    m = re.search(r'^%s\{gateway="%s"\} (\S+)$' % (name, re.escape(gateway)), text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def versions():
+    def first_line(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    pyftpdlib = first_line(["python3", "-c", "import pyftpdlib; print(pyftpdlib.__ver__)"])
+    pure = first_line([lab.pure_ftpd_binary() or "false", "--help"])
+    lftp = first_line(["lftp", "--version"])
+    return [
+        ("kernel", os.uname().release),
+        # vsftpd prints its version on standard input.
+        ("vsftpd", first_line(["sh", "-c", "vsftpd -v 0>&1"]).split()[-1]),
+        ("pure-ftpd", pure.split()[1] if len(pure.split()) > 1 else "?"),
+        ("pyftpdlib", pyftpdlib),
+        ("curl", first_line(["curl", "--version"]).split()[1]),
+        ("lftp", lftp.split("|")[1].split()[-1] if "|" in lftp else "?"),
+        ("Python", first_line(["python3", "--version"]).split()[-1]),
+    ]
+
+
+def write_doc(path, matrix):
+    begin, end = "<!-- matrix:begin -->", "<!-- matrix:end -->"
+    with open(path) as f:
+        doc = f.read()
+    if begin not in doc or end not in doc:
+        sys.exit("%s lacks the %s / %s markers" % (path, begin, end))
+    generated = "\n".join([
+        begin,
+        "Generated %s by `sudo python3 tests/e2e/interop.py --ftpgate target/release/ftpgate "
+        "--write-doc docs/interop.md`." % datetime.date.today().isoformat(),
+        "",
+        "Versions: " + ", ".join("%s %s" % v for v in versions()) + ".",
+        "",
+        "**" + matrix.summary() + ".**",
+        "",
+        matrix.table(),
+        "",
+        "| check (ftpgate) | result |",
+        "|---|---|",
+    ] + ["| %s | %s: %s |" % (n, "ok" if ok else "FAIL", d) for n, ok, d in matrix.checks] + [
+        end,
+    ])
+    doc = doc[:doc.index(begin)] + generated + doc[doc.index(end) + len(end):]
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
+    ap.add_argument("--servers", default="vsftpd,pure-ftpd,pyftpdlib")
+    ap.add_argument("--skip-extra", action="store_true", help="only the matrix")
+    ap.add_argument("--write-doc", help="write the table into this markdown file")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("interop.py needs root (network namespaces, nftables)")
+    missing = lab.missing_tools()
+    if missing:
+        sys.exit("interop.py needs: " + ", ".join(missing) + " (run .ci/run)")
+
+    work = tempfile.mkdtemp(prefix="ftpgate-interop-")
+    topo = lab.Topology(work)
+    m = Matrix(topo, args.ftpgate)
+    try:
+        topo.up()
+        m.matrix(args.servers.split(","))
+        if not args.skip_extra:
+            m.concurrency()
+            m.faults()
+    finally:
+        topo.down()
+    print()
+    print(m.table())
+    print(m.summary())
+    ftpgate_ok = all(c["ftpgate"][0] for c in m.cells.values() if "ftpgate" in c)
+    checks_ok = all(c[1] for c in m.checks)
+    if args.write_doc:
+        write_doc(args.write_doc, m)
+    if ftpgate_ok and checks_ok and m.cells:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print("logs kept in", work)
+    judged = [c["ftpgate"][0] for c in m.cells.values() if "ftpgate" in c] + \
+             [c[1] for c in m.checks]
+    print("interop: %d passed, %d failed" % (judged.count(True), judged.count(False)))
+    sys.exit(0 if ftpgate_ok and checks_ok and m.cells else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""A network-namespace lab for ftpgate's end-to-end tests (needs root).
+
+Topology (every address lives only inside namespaces this module creates):
+
+    lan 10.0.0.2 --eth0-- lan0 10.0.0.1 [ router ] wan0 203.0.113.1 --eth0-- inet 203.0.113.10
+                                           dmz0 10.0.1.1 --eth0-- dmz 10.0.1.10
+
+The internet host has no route to private space, as on the real internet. Servers
+(vsftpd, pure-ftpd, pyftpdlib), clients (curl, lftp, Python ftplib) and ftpgate run inside
+the namespaces; every transferred file is checked by SHA-256.
+"""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.parse
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SUPPORT = os.path.join(REPO, "tests", "support")
+
+DOWN_SIZE = 3 * 1024 * 1024 + 11
+UP_SIZE = 2 * 1024 * 1024 + 5
+
+# Each client namespace's own address (curl's "--ftp-port -" is unreliable in 7.88).
+CLIENT_ADDRESS = {"lan": "10.0.0.2", "inet": "203.0.113.10"}
+
+# The explicit role needs no rules; the forward chain is closed to prove it.
+FORWARD_DROP_RULES = """
+table inet closed {
+    chain forward { type filter hook forward priority filter; policy drop; }
+}
+"""
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def random_file(path, size):
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return sha256_file(path)
+
+
+def pure_ftpd_binary():
+    """pure-ftpd conflicts with vsftpd as a Debian package; .ci/run unpacks it here."""
+    path = os.environ.get("PURE_FTPD") or os.path.join(
+        REPO, "target", "peers", "pure-ftpd", "usr", "sbin", "pure-ftpd")
+    return path if os.path.exists(path) else None
+
+
+def missing_tools():
+    missing = [t for t in ("ip", "nft", "vsftpd", "curl", "lftp", "python3")
+               if shutil.which(t) is None]
+    if pure_ftpd_binary() is None:
+        missing.append("pure-ftpd (unpacked into target/peers by .ci/run)")
+    probe = subprocess.run(["python3", "-c", "import pyftpdlib"], capture_output=True)
+    if probe.returncode != 0:
+        missing.append("pyftpdlib")
+    return missing
+
+
+class Topology:
+    def __init__(self, work):
+        tag = "fg%d" % (os.getpid() % 100000)
+        self.ns = {role: "%s-%s" % (tag, role) for role in ("lan", "rtr", "inet", "dmz")}
+        self.work = work
+        self.procs = []
+
+    def ip(self, *args):
+        subprocess.run(["ip", *args], check=True)
+
+    def run(self, where, cmd, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.ns[where], *cmd], **kw)
+
+    def up(self):
+        for name in self.ns.values():
+            self.ip("netns", "add", name)
+            self.ip("-n", name, "link", "set", "lo", "up")
+        rtr = self.ns["rtr"]
+        for side, peer, rtr_addr, peer_addr in (
+            ("lan0", "lan", "10.0.0.1/24", "10.0.0.2/24"),
+            ("wan0", "inet", "203.0.113.1/24", "203.0.113.10/24"),
+            ("dmz0", "dmz", "10.0.1.1/24", "10.0.1.10/24"),
+        ):
+            self.ip("link", "add", side, "netns", rtr, "type", "veth",
+                    "peer", "name", "eth0", "netns", self.ns[peer])
+            self.ip("-n", rtr, "addr", "add", rtr_addr, "dev", side)
+            self.ip("-n", rtr, "link", "set", side, "up")
+            self.ip("-n", self.ns[peer], "addr", "add", peer_addr, "dev", "eth0")
+            self.ip("-n", self.ns[peer], "link", "set", "eth0", "up")
+        self.ip("-n", self.ns["lan"], "route", "add", "default", "via", "10.0.0.1")
+        self.ip("-n", self.ns["dmz"], "route", "add", "default", "via", "10.0.1.1")
+        self.run("rtr", ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        self.run("rtr", ["sh", os.path.join(REPO, "deploy/outbound-policy-routing.sh")], check=True)
+
+    def spawn(self, where, cmd, log_name):
+        log = open(os.path.join(self.work, log_name), "ab")
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns[where], *cmd],
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM):
+        if p.poll() is None:
+            os.killpg(p.pid, sig)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def router_rules(self, text=None, files=()):
+        self.run("rtr", ["nft", "flush", "ruleset"], check=True)
+        for f in files:
+            self.run("rtr", ["nft", "-f", os.path.join(REPO, f)], check=True)
+        if text:
+            self.run("rtr", ["nft", "-f", "-"], input=text.encode(), check=True)
+
+    def down(self):
+        for p in self.procs:
+            try:
+                self.stop(p)
+            except ProcessLookupError:
+                pass
+        for name in self.ns.values():
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
+
+
+def wait_port(topo, where, host, port, timeout=10):
+    probe = ("import socket,sys\ns=socket.socket()\ns.settimeout(1)\n"
+             "sys.exit(s.connect_ex((%r,%d)))" % (host, port))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if topo.run(where, ["python3", "-c", probe]).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("nothing listens on %s:%d in %s" % (host, port, where))
+
+
+class Server:
+    """An FTP server in a namespace serving ROOT: anonymous download of down.bin from the
+    top, anonymous upload into upload/."""
+
+    name = "?"
+
+    def __init__(self, topo, where, address, port=21):
+        self.topo, self.where, self.address, self.port = topo, where, address, port
+        self.root = tempfile.mkdtemp(dir=topo.work, prefix="root-%s-%s-%d-" % (self.name, where, port))
+        os.makedirs(os.path.join(self.root, "upload"))
+        os.chmod(topo.work, 0o755)
+        os.chmod(self.root, 0o755)
+        shutil.chown(os.path.join(self.root, "upload"), "ftp", "ftp")
+        self.down_sha = random_file(os.path.join(self.root, "down.bin"), DOWN_SIZE)
+        os.chmod(os.path.join(self.root, "down.bin"), 0o644)
+        self.proc = topo.spawn(where, self.command(), "%s-%s-%d.log" % (self.name, where, port))
+        wait_port(topo, where, address, port)
+
+    def command(self):
+        raise NotImplementedError
+
+    def stop(self, sig=signal.SIGTERM):
+        self.topo.stop(self.proc, sig)
+
+    def add_file(self, name, size):
+        """A further world-readable random file; returns its SHA-256."""
+        path = os.path.join(self.root, name)
+        sha = random_file(path, size)
+        os.chmod(path, 0o644)
+        return sha
+
+
+class Vsftpd(Server):
+    name = "vsftpd"
+
+    def command(self):
+        empty = os.path.join(self.topo.work, "empty")
+        os.makedirs(empty, exist_ok=True)
+        conf = os.path.join(self.root + ".conf")
+        with open(conf, "w") as f:
+            f.write("\n".join([
+                "listen=YES", "listen_ipv6=NO", "listen_address=" + self.address,
+                "listen_port=%d" % self.port,
+                "background=NO", "anonymous_enable=YES", "local_enable=NO",
+                "write_enable=YES", "anon_upload_enable=YES", "anon_umask=022",
+                "no_anon_password=YES", "anon_root=" + self.root,
+                "pasv_enable=YES", "pasv_min_port=30000", "pasv_max_port=30999",
+                "port_enable=YES", "connect_from_port_20=YES",
+                "secure_chroot_dir=" + empty, "seccomp_sandbox=NO",
+                "xferlog_enable=NO", "dirmessage_enable=NO", "hide_ids=YES",
+                "vsftpd_log_file=" + os.path.join(self.topo.work, "vsftpd-%s.log" % self.where),
+                "",
+            ]))
+        return ["vsftpd", conf]
+
+
+class PureFtpd(Server):
+    """pure-ftpd serves anonymous users the ftp account's home: ROOT is bind-mounted over
+    it inside the server's own mount namespace (ip netns exec makes one)."""
+
+    name = "pure-ftpd"
+
+    def command(self):
+        home = subprocess.run(["getent", "passwd", "ftp"], capture_output=True,
+                              text=True).stdout.split(":")[5]
+        return ["sh", "-c", 'mount --bind "$1" "$2" && exec "$3" -S "$4,$5" -e -H -A -p 30000:30999',
+                "pure-ftpd", self.root, home, pure_ftpd_binary(), self.address, str(self.port)]
+
+
+class PyFtpd(Server):
+    name = "pyftpdlib"
+
+    def command(self):
+        return ["python3", os.path.join(SUPPORT, "ftpserver.py"), "--host", self.address,
+                "--port", str(self.port), "--root", self.root, "--passive-ports", "30000-30999"]
+
+
+SERVERS = {cls.name: cls for cls in (Vsftpd, PureFtpd, PyFtpd)}
+
+
+class Ftpgate:
+    def __init__(self, topo, binary, config, name, listen):
+        self.topo = topo
+        self.proc = topo.spawn("rtr", [binary, "run", "--config", os.path.join(REPO, config)],
+                               "ftpgate-%s.log" % name)
+        host, port = listen.rsplit(":", 1)
+        wait_port(topo, "rtr", host, int(port))
+
+    def stop(self):
+        self.topo.stop(self.proc)
+        return self.proc.returncode
+
+
+class Client:
+    """A client program and the data-connection command it must use."""
+
+    def __init__(self, tool, mode):
+        self.tool, self.mode = tool, mode
+
+    @property
+    def label(self):
+        return "%s %s" % (self.tool, self.mode)
+
+    def run(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+        """LIST, RETR DOWN into GOT, STOR UP as REMOTE_UP; returns (ok, detail, listing)."""
+        args = (topo, where, host, port, user, down, got, up, remote_up, timeout)
+        try:
+            if self.tool == "curl":
+                return self._curl(*args)
+            if self.tool == "lftp":
+                return self._lftp(*args)
+            return self._ftplib(*args)
+        except subprocess.TimeoutExpired:
+            return False, "timed out", ""
+
+    def _curl(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+        mode_args = {
+            "EPSV": ["--ftp-pasv"],
+            "PASV": ["--ftp-pasv", "--disable-epsv"],
+            "EPRT": ["--ftp-port", CLIENT_ADDRESS[where]],
+            "PORT": ["--ftp-port", CLIENT_ADDRESS[where], "--disable-eprt"],
+        }[self.mode]
+        base = "ftp://%s:guest@%s:%d/" % (urllib.parse.quote(user, safe=""), host, port)
+        listing = ""
+        for what, url, extra in (("LIST", base, []), ("RETR", base + down, ["-o", got]),
+                                 ("STOR", base + remote_up, ["-T", up])):
+            r = topo.run(where, ["curl", "-sS", "-v", "--max-time", str(timeout),
+                                 "--connect-timeout", "5"] + mode_args + extra + [url],
+                         capture_output=True, timeout=timeout + 10)
+            log = r.stderr.decode(errors="replace")
+            if r.returncode != 0:
+                reason = failure_reason(log, "< ", "> ")
+                if data_connection_failed(log):
+                    reason = DATA_CONNECTION_FAILED + reason
+                return False, "%s: %s" % (what, reason), ""
+            if "> " + self.mode not in log:
+                return False, "%s: curl did not use %s" % (what, self.mode), ""
+            if what == "LIST":
+                listing = r.stdout.decode(errors="replace")
+        return True, "", listing
+
+    def _lftp(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+        settings = {
+            "PASV": ["set ftp:passive-mode on", "set ftp:prefer-epsv no"],
+            "EPSV": ["set ftp:passive-mode on", "set ftp:prefer-epsv yes"],
+            "PORT": ["set ftp:passive-mode off"],
+        }[self.mode]
+        script = "; ".join([
+            "set cmd:fail-exit yes", "set net:max-retries 1", "set net:timeout %d" % timeout,
+            "set net:reconnect-interval-base 1",
+        ] + settings + [
+            "open -u '%s',guest -p %d ftp://%s" % (user, port, host),
+            "cls -1", "get %s -o %s" % (down, got), "put %s -o %s" % (up, remote_up),
+        ])
+        r = topo.run(where, ["lftp", "-d", "-c", script], capture_output=True,
+                     timeout=3 * timeout + 10)
+        log = r.stderr.decode(errors="replace")
+        if r.returncode != 0:
+            return False, "lftp: " + failure_reason(log, "<--- ", "---> "), ""
+        if "---> " + self.mode not in log:
+            return False, "lftp did not use %s" % self.mode, ""
+        return True, "", r.stdout.decode(errors="replace")
+
+    def _ftplib(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+        base = ["python3", os.path.join(SUPPORT, "ftpclient.py"), "--host", host, "--port",
+                str(port), "--mode", self.mode, "--user", user, "--timeout", str(timeout)]
+        listing = ""
+        for what, op in (("LIST", ["list"]), ("RETR", ["get", down, got]),
+                         ("STOR", ["put", up, remote_up])):
+            r = topo.run(where, base + op, capture_output=True, timeout=timeout + 10)
+            if r.returncode != 0:
+                return False, "%s: %s" % (what, r.stderr.decode(errors="replace").strip()[-160:]), ""
+            if what == "LIST":
+                listing = r.stdout.decode(errors="replace")
+        return True, "", listing
+
+
+def failure_reason(log, reply_prefix, command_prefix):
+    """The last command and reply of a client's debug log, for a one-line reason."""
+    last_cmd = last_reply = ""
+    for line in log.splitlines():
+        line = line.strip()
+        if line.startswith(command_prefix):
+            last_cmd = line[len(command_prefix):]
+        elif line.startswith(reply_prefix) and line[len(reply_prefix):][:1].isdigit():
+            last_reply = line[len(reply_prefix):]
+    tail = log.strip().splitlines()[-1] if log.strip() else ""
+    return ("after '%s' got '%s'; %s" % (last_cmd, last_reply, tail))[:220]
+
+
+# Marks a failure of the kind NAT causes (see data_connection_failed).
+DATA_CONNECTION_FAILED = "data connection failed: "
+
+
+def data_connection_failed(curl_log):
+    """Whether a curl -v log shows the failure NAT causes: the control session works (login
+    succeeded) but no transfer ever starts, because the data connection could not be set
+    up: the server refused a private address in PORT ("500 Illegal PORT command"), the
+    client could not reach the announced port, or the server could not reach the client."""
+    logged_in = "< 230" in curl_log
+    asked_for_data = any(c in curl_log for c in ("> PORT", "> EPRT", "> PASV", "> EPSV"))
+    transfer_started = "< 150" in curl_log or "< 125" in curl_log
+    return logged_in and asked_for_data and not transfer_started
+
+
+class Path:
+    """How a client reaches a server: from which namespace, to which host and port, with
+    which user name."""
+
+    def __init__(self, where, host, port, user):
+        self.where, self.host, self.port, self.user = where, host, port, user
+
+
+def run_cell(topo, tag, client, path, server, timeout=20, down=("down.bin", None)):
+    """One cell: LIST, RETR of DOWN (name, SHA-256; default the server's down.bin), STOR
+    of a fresh file; both checked by SHA-256."""
+    down_name, down_sha = down[0], down[1] or server.down_sha
+    up = os.path.join(topo.work, "up-%s.bin" % tag)
+    up_sha = random_file(up, UP_SIZE)
+    got = os.path.join(topo.work, "got-%s.bin" % tag)
+    remote_up = "upload/up-%s.bin" % tag
+    ok, detail, listing = client.run(topo, path.where, path.host, path.port, path.user,
+                                     down_name, got, up, remote_up, timeout)
+    if not ok:
+        return False, detail
+    if down_name not in listing:
+        return False, "LIST lacks %s: %r" % (down_name, listing[:120])
+    if sha256_file(got) != down_sha:
+        return False, "RETR: SHA-256 mismatch"
+    stored = os.path.join(server.root, remote_up)
+    if not os.path.exists(stored) or sha256_file(stored) != up_sha:
+        return False, "STOR: SHA-256 mismatch or missing"
+    return True, "LIST, RETR %d B, STOR %d B: SHA-256 ok" % (os.path.getsize(got), UP_SIZE)
