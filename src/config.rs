@@ -329,6 +329,8 @@ struct RawGateway {
     deny_servers: Option<Vec<Net>>,
     #[serde(default)]
     tls: TlsPolicy,
+    #[serde(default)]
+    allow_privileged_ports: bool,
 }
 
 fn default_data_ports() -> PortRange {
@@ -376,6 +378,9 @@ pub struct GatewayConfig {
     pub deny_servers: Vec<Net>,
     /// `AUTH` policy.
     pub tls: TlsPolicy,
+    /// Accept data ports below 1024 from clients and servers (for a legacy peer); off by
+    /// default, logged at start-up when on.
+    pub allow_privileged_ports: bool,
 }
 
 impl GatewayConfig {
@@ -658,6 +663,7 @@ fn resolve_gateway(
         allow_clients: g.allow_clients.unwrap_or_default(),
         deny_servers,
         tls: g.tls,
+        allow_privileged_ports: g.allow_privileged_ports,
     })
 }
 

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::config::{Config, GatewayConfig, Limits, Upstream};
 use crate::data::channel::{self, ChannelContext};
 use crate::data::ports::PortPool;
+use crate::rules::Rule;
 use crate::session::{
     Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Event,
     Session, SessionParams, SideAddrs, UpstreamKind,
@@ -70,18 +71,14 @@ impl Admission {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn admit(
-        self: &Arc<Self>,
-        client: IpAddr,
-        limits: &Limits,
-    ) -> Result<AdmissionTicket, &'static str> {
+    fn admit(self: &Arc<Self>, client: IpAddr, limits: &Limits) -> Result<AdmissionTicket, Rule> {
         let mut st = self.lock();
         if st.total >= limits.max_sessions {
-            return Err("max_sessions");
+            return Err(Rule::MaxSessions);
         }
         let mine = st.per_client.entry(client).or_insert(0);
         if *mine >= limits.max_sessions_per_client {
-            return Err("max_sessions_per_client");
+            return Err(Rule::MaxSessionsPerClient);
         }
         *mine += 1;
         st.total += 1;
@@ -170,6 +167,9 @@ impl Gateways {
         let mut accept_loops = Vec::new();
         for (listener, ctx) in self.bound {
             tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, "gateway listening");
+            if ctx.cfg.allow_privileged_ports {
+                tracing::warn!(gateway = %ctx.name, "allow_privileged_ports is on: data ports below 1024 are accepted (DESIGN.md rule 4 relaxed)");
+            }
             accept_loops.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone())));
         }
         stopped(&mut shutdown).await;
@@ -239,15 +239,15 @@ async fn accept_loop(
 async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr) {
     let client_ip = peer.ip().to_canonical();
     if !ctx.cfg.client_allowed(client_ip) {
-        telemetry::refused(&ctx.name, "allow_clients");
-        tracing::warn!(gateway = %ctx.name, client = %peer, rule = "allow_clients", "refused control connection");
+        telemetry::refused(&ctx.name, Rule::AllowClients);
+        tracing::warn!(gateway = %ctx.name, client = %peer, rule = %Rule::AllowClients, "refused control connection");
         return;
     }
     let ticket = match ctx.admission.admit(client_ip, &ctx.limits) {
         Ok(t) => t,
         Err(limit) => {
             telemetry::refused(&ctx.name, limit);
-            tracing::warn!(gateway = %ctx.name, client = %peer, rule = limit, "session limit reached");
+            tracing::warn!(gateway = %ctx.name, client = %peer, rule = %limit, "session limit reached");
             let _ = stream
                 .write_all(b"421 Too many connections; try again later.\r\n")
                 .await;
@@ -294,11 +294,11 @@ fn transparent_target(ctx: &GatewayContext, stream: &TcpStream) -> Result<Socket
     // ftpgate dial itself. (With TPROXY the local address is the original destination.)
     let listen = ctx.listen_addr;
     if dst.port() == listen.port() && (listen.ip().is_unspecified() || dst.ip() == listen.ip()) {
-        telemetry::refused(&ctx.name, "not_redirected");
+        telemetry::refused(&ctx.name, Rule::NotRedirected);
         return Err("this port only serves redirected connections".into());
     }
     if !ctx.cfg.server_allowed(dst.ip()) {
-        telemetry::refused(&ctx.name, "deny_servers");
+        telemetry::refused(&ctx.name, Rule::DenyServers);
         return Err(format!("server {} is not allowed", dst.ip()));
     }
     Ok(dst)
@@ -321,7 +321,7 @@ async fn connect_upstream(
     for addr in candidates {
         if let Some(ctx) = &check_deny {
             if !ctx.cfg.server_allowed(addr.ip()) {
-                telemetry::refused(&ctx.name, "deny_servers");
+                telemetry::refused(&ctx.name, Rule::DenyServers);
                 last = format!("server {} is not allowed", addr.ip());
                 continue;
             }
@@ -349,11 +349,7 @@ struct SessionData {
 
 impl DataChannels for SessionData {
     fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
-        let (listener, lease) = self.ctx.pool.bind(plan.listen).inspect_err(|e| {
-            if *e == DataOpenError::Exhausted {
-                telemetry::refused(&self.ctx.name, "data_ports_exhausted");
-            }
-        })?;
+        let (listener, lease) = self.ctx.pool.bind(plan.listen)?;
         let listener =
             TcpListener::from_std(listener).map_err(|e| DataOpenError::Listen(e.to_string()))?;
         let port = lease.port();
@@ -410,6 +406,7 @@ async fn serve(
         client_source: cfg.client_source,
         tls: cfg.tls,
         max_line: ctx.limits.max_line,
+        allow_privileged_ports: cfg.allow_privileged_ports,
     });
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut data = SessionData {
@@ -450,6 +447,7 @@ async fn serve(
                     )));
                 }
                 Action::Close => finished = true,
+                Action::Refused(rule) => telemetry::refused(&ctx.name, rule),
             }
         }
         if finished {
@@ -509,8 +507,8 @@ async fn serve(
                 if session.has_data_channels() {
                     continue;
                 }
-                tracing::info!(rule = "idle_timeout", "closing idle session");
-                telemetry::refused(&ctx.name, "idle_timeout");
+                tracing::info!(rule = %Rule::IdleTimeout, "closing idle session");
+                telemetry::refused(&ctx.name, Rule::IdleTimeout);
                 client_wr
                     .write_all(b"421 Idle timeout; closing control connection.\r\n")
                     .await?;

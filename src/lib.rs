@@ -11,6 +11,7 @@
 //!   protocol and security rules live;
 //! - [`data`]: data channels: the port pool, one-shot listeners, dialling and relaying;
 //! - [`gateway`]: the async shell: listeners, admission, upstreams, driving sessions;
+//! - [`rules`]: the security rules, named for logs and metrics;
 //! - [`config`]: the YAML schema and its validation;
 //! - [`sys`]: Linux socket options (original destination, `IP_TRANSPARENT`);
 //! - [`telemetry`]: metric names and log setup.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod data;
 pub mod ftp;
 pub mod gateway;
+pub mod rules;
 pub mod session;
 pub mod sys;
 pub mod telemetry;

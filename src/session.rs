@@ -19,6 +19,7 @@ use crate::ftp::command::{parse_command, parse_proxy_login, Command, EpsvArg};
 use crate::ftp::hostport::{encode_eprt_arg, encode_port_arg, find_227, find_229};
 use crate::ftp::line::{clean_line, LineFramer};
 use crate::ftp::reply::{Reply, ReplyAssembler};
+use crate::rules::Rule;
 
 /// Identifies one data channel within a session.
 pub type ChannelId = u64;
@@ -134,6 +135,9 @@ pub enum Action {
     },
     /// Flush what was written, then close both control connections and every data channel.
     Close,
+    /// A security rule refused or neutralised something (for the refusal counter; the
+    /// session has logged it).
+    Refused(Rule),
 }
 
 /// The two addresses of one side of the gateway.
@@ -172,6 +176,8 @@ pub struct SessionParams {
     pub tls: TlsPolicy,
     /// Longest client line, terminator included.
     pub max_line: usize,
+    /// Accept data ports below 1024 (operator knob; off by default).
+    pub allow_privileged_ports: bool,
 }
 
 #[derive(Debug)]
@@ -354,10 +360,11 @@ impl Session {
             Phase::Connecting | Phase::Greeting => {
                 // Rule 7: a peer that talks before it was greeted is not an FTP client.
                 tracing::warn!(
-                    rule = "early_data",
+                    rule = %Rule::EarlyData,
                     bytes = bytes.len(),
                     "client sent data before the greeting; closing"
                 );
+                self.refuse(Rule::EarlyData);
                 self.close_with(b"421 Protocol violation: data before greeting.\r\n".to_vec());
                 return;
             }
@@ -369,7 +376,8 @@ impl Session {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(rule = "line_length", "client {e}; closing");
+                    tracing::warn!(rule = %Rule::LineTooLong, "client {e}; closing");
+                    self.refuse(Rule::LineTooLong);
                     self.close_with(
                         format!("500 Command line too long.\r\n421 Closing: {e}.\r\n").into_bytes(),
                     );
@@ -430,7 +438,8 @@ impl Session {
     }
 
     fn refuse_nul(&mut self) {
-        tracing::warn!(rule = "nul_in_line", "client line contains NUL; closing");
+        tracing::warn!(rule = %Rule::NulInLine, "client line contains NUL; closing");
+        self.refuse(Rule::NulInLine);
         self.close_with(b"500 NUL in command line.\r\n421 Closing connection.\r\n".to_vec());
     }
 
@@ -444,7 +453,8 @@ impl Session {
             Command::Port(addr) => self.client_active(SocketAddr::V4(addr), false, data),
             Command::Eprt(addr) => self.client_active(addr, true, data),
             Command::BadAddress { verb, error } => {
-                tracing::info!(rule = "syntax", verb, %error, "refused malformed address");
+                tracing::info!(rule = %Rule::MalformedAddress, verb, %error, "refused malformed address");
+                self.refuse(Rule::MalformedAddress);
                 self.reply_local(format!("501 {verb} refused: {error}.\r\n").into_bytes());
             }
             Command::Pasv => self.client_passive(false, data),
@@ -454,7 +464,8 @@ impl Session {
                 self.forward(line, Awaiting::Auth)
             }
             Command::Auth(mech) => {
-                tracing::info!(rule = "tls_refused", mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
+                tracing::info!(rule = %Rule::TlsRefused, mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
+                self.refuse(Rule::TlsRefused);
                 self.reply_local(b"534 TLS is refused by this gateway's policy.\r\n".to_vec());
             }
             Command::Rein | Command::Abor => {
@@ -491,15 +502,17 @@ impl Session {
         let verb = if ext { "EPRT" } else { "PORT" };
         let client_ip = self.p.client.ip().to_canonical();
         if addr.ip().to_canonical() != client_ip {
-            tracing::warn!(rule = "bounce", verb, %addr, "refused data address of another host");
+            tracing::warn!(rule = %Rule::Bounce, verb, %addr, "refused data address of another host");
+            self.refuse(Rule::Bounce);
             self.reply_local(
                 format!("504 {verb} refused: the address must be your own ({client_ip}).\r\n")
                     .into_bytes(),
             );
             return;
         }
-        if addr.port() < 1024 {
-            tracing::warn!(rule = "privileged_port", verb, %addr, "refused privileged data port");
+        if addr.port() < 1024 && !self.p.allow_privileged_ports {
+            tracing::warn!(rule = %Rule::PrivilegedPort, verb, %addr, "refused privileged data port");
+            self.refuse(Rule::PrivilegedPort);
             self.reply_local(
                 format!("504 {verb} refused: data ports below 1024 are not allowed.\r\n")
                     .into_bytes(),
@@ -559,8 +572,12 @@ impl Session {
         let id = self.next_channel;
         self.next_channel += 1;
         let port = data.open(id, plan).inspect_err(|e| {
-            tracing::warn!(rule = "data_ports", error = %e, "cannot open data channel");
-        })?;
+            tracing::warn!(error = %e, "cannot open data channel");
+        });
+        if port == Err(DataOpenError::Exhausted) {
+            self.refuse(Rule::DataPortsExhausted);
+        }
+        let port = port?;
         self.channels.push(Channel {
             id,
             client_active,
@@ -700,6 +717,11 @@ impl Session {
         };
         let code = reply.code;
         let mut passthrough = false;
+        if matches!(code, Some(227 | 229)) && !matches!(awaiting, Awaiting::Passive { .. }) {
+            // Rule 3: only the answer to the outstanding PASV/EPSV counts; this is text.
+            tracing::info!(rule = %Rule::UnsolicitedPassiveReply, "passing a 227/229 that answers no PASV/EPSV as text");
+            self.refuse(Rule::UnsolicitedPassiveReply);
+        }
         match awaiting {
             Awaiting::Passive {
                 client_ext,
@@ -768,20 +790,29 @@ impl Session {
         let (named_ip, server_port, span) = match found {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(rule = "passive_reply", error = %e, "unparsable passive reply");
+                tracing::warn!(rule = %Rule::MalformedPassiveReply, error = %e, "unparsable passive reply");
+                self.refuse(Rule::MalformedPassiveReply);
                 return b"425 Cannot parse the server's passive reply.\r\n".to_vec();
             }
         };
         if let Some(ip) = named_ip {
-            if IpAddr::V4(ip) != server.ip().to_canonical() && !self.mismatch_logged {
-                self.mismatch_logged = true;
-                tracing::info!(
-                    rule = "passive_target",
-                    announced = %ip,
-                    server = %server.ip(),
-                    "server announced another address in 227; dialling its control address"
-                );
+            if IpAddr::V4(ip) != server.ip().to_canonical() {
+                self.refuse(Rule::PassiveAddressIgnored);
+                if !self.mismatch_logged {
+                    self.mismatch_logged = true;
+                    tracing::info!(
+                        rule = %Rule::PassiveAddressIgnored,
+                        announced = %ip,
+                        server = %server.ip(),
+                        "server announced another address in 227; dialling its control address"
+                    );
+                }
             }
+        }
+        if server_port < 1024 && !self.p.allow_privileged_ports {
+            tracing::warn!(rule = %Rule::PrivilegedPort, port = server_port, "refused privileged passive port");
+            self.refuse(Rule::PrivilegedPort);
+            return b"425 Refused: the server offered a data port below 1024.\r\n".to_vec();
         }
         let plan = DataPlan {
             listen: self.p.client_side.address,
@@ -906,6 +937,10 @@ impl Session {
 
     fn send_client(&mut self, bytes: Vec<u8>) {
         self.actions.push(Action::ToClient(bytes));
+    }
+
+    fn refuse(&mut self, rule: Rule) {
+        self.actions.push(Action::Refused(rule));
     }
 
     fn close(&mut self) {

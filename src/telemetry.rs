@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::rules::Rule;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +73,9 @@ pub fn session_closed(gateway: &str) {
     metrics::gauge!("ftpgate_sessions_active", "gateway" => gateway.to_owned()).decrement(1.0);
 }
 
-/// A rule refused something.
-pub fn refused(gateway: &str, reason: &'static str) {
-    metrics::counter!("ftpgate_refusals_total", "gateway" => gateway.to_owned(), "reason" => reason)
+/// A security rule refused or neutralised something.
+pub fn refused(gateway: &str, rule: Rule) {
+    metrics::counter!("ftpgate_refusals_total", "gateway" => gateway.to_owned(), "reason" => rule.name())
         .increment(1);
 }
 

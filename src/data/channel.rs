@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::ports::PortLease;
+use crate::rules::Rule;
 use crate::session::{ChannelId, DataEvent, DataPlan, DialSource, Side};
 use crate::sys;
 use crate::telemetry;
@@ -80,6 +81,9 @@ pub async fn run(
         }
         Err(e) => {
             telemetry::data_failed(&ctx.gateway);
+            if let ChannelError::AcceptTimeout { .. } = e {
+                telemetry::refused(&ctx.gateway, Rule::DataAcceptTimeout);
+            }
             DataEvent::Failed(e.to_string())
         }
     };
@@ -133,8 +137,8 @@ async fn accept_expected(
         if peer.ip().to_canonical() == expected.to_canonical() {
             return Ok(stream);
         }
-        telemetry::refused(&ctx.gateway, "data_peer");
-        tracing::warn!(rule = "data_peer", %peer, %expected, "closed data connection from an unexpected peer");
+        telemetry::refused(&ctx.gateway, Rule::DataPeer);
+        tracing::warn!(rule = %Rule::DataPeer, %peer, %expected, "closed data connection from an unexpected peer");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Session state machine tests: every decision is checked through the actions it returns.
 
 use super::*;
+use crate::rules::Rule;
 use proptest::prelude::*;
 
 const CLIENT: &str = "10.0.0.5:40001";
@@ -42,21 +43,21 @@ fn params(upstream: UpstreamKind) -> SessionParams {
         client_source: ClientSource::Gateway,
         tls: TlsPolicy::Refuse,
         max_line: 64,
+        allow_privileged_ports: false,
     }
 }
 
 struct Harness {
     s: Session,
     data: MockData,
+    /// Rules that fired, in order (taken out of the returned actions).
+    refused: Vec<Rule>,
 }
 
 impl Harness {
     /// A publish-role session past the greeting.
     fn relaying() -> Self {
-        let mut h = Self {
-            s: Session::new(params(UpstreamKind::Fixed)),
-            data: MockData::default(),
-        };
+        let mut h = Self::new(params(UpstreamKind::Fixed));
         assert!(h.s.start().is_empty());
         assert!(h
             .ev(Event::UpstreamConnected(SERVER.parse().unwrap()))
@@ -65,8 +66,24 @@ impl Harness {
         h
     }
 
+    fn new(p: SessionParams) -> Self {
+        Self {
+            s: Session::new(p),
+            data: MockData::default(),
+            refused: Vec::new(),
+        }
+    }
+
     fn ev(&mut self, e: Event<'_>) -> Vec<Action> {
-        self.s.handle(e, &mut self.data)
+        let mut out = self.s.handle(e, &mut self.data);
+        out.retain(|a| match a {
+            Action::Refused(rule) => {
+                self.refused.push(*rule);
+                false
+            }
+            _ => true,
+        });
+        out
     }
     fn client(&mut self, b: &[u8]) -> Vec<Action> {
         self.ev(Event::ClientData(b))
@@ -115,6 +132,7 @@ fn passive_target_is_always_the_servers_control_address() {
     h.client(b"PASV\r\n");
     h.server(b"227 Entering Passive Mode (10,9,9,9,19,137)\r\n");
     assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:5001".parse().unwrap());
+    assert_eq!(h.refused, vec![Rule::PassiveAddressIgnored]);
 }
 
 #[test]
@@ -157,10 +175,7 @@ fn port_is_rewritten_toward_the_server() {
 fn transparent_client_source_binds_the_servers_address() {
     let mut p = params(UpstreamKind::Fixed);
     p.client_source = ClientSource::Server;
-    let mut h = Harness {
-        s: Session::new(p),
-        data: MockData::default(),
-    };
+    let mut h = Harness::new(p);
     h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
     h.server(b"220 hi\r\n");
     h.client(b"PORT 10,0,0,5,4,1\r\n");
@@ -188,6 +203,15 @@ fn bounce_and_privileged_ports_are_refused() {
         );
     }
     assert!(h.data.opened.is_empty());
+    assert_eq!(
+        h.refused,
+        vec![
+            Rule::Bounce,
+            Rule::Bounce,
+            Rule::PrivilegedPort,
+            Rule::PrivilegedPort
+        ]
+    );
 }
 
 #[test]
@@ -208,6 +232,7 @@ fn malformed_addresses_are_refused() {
         );
     }
     assert!(h.data.opened.is_empty());
+    assert_eq!(h.refused, vec![Rule::MalformedAddress; 6]);
 }
 
 #[test]
@@ -226,15 +251,14 @@ fn unsolicited_227_opens_nothing() {
     let err = b"550 227 Entering Passive Mode (1,2,3,4,5,6)\r\n";
     assert_eq!(h.server(err), vec![Action::ToClient(err.to_vec())]);
     assert!(h.data.opened.is_empty());
+    // Only the reply whose own code is 227 is counted; the others are plain text.
+    assert_eq!(h.refused, vec![Rule::UnsolicitedPassiveReply]);
 }
 
 #[test]
 fn bytes_before_the_greeting_are_not_commands() {
     // Rule 7: an HTTP request carrying a PORT line, sent before the server's 220.
-    let mut h = Harness {
-        s: Session::new(params(UpstreamKind::Fixed)),
-        data: MockData::default(),
-    };
+    let mut h = Harness::new(params(UpstreamKind::Fixed));
     h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
     let out = h.client(b"POST / HTTP/1.1\r\n\r\nPORT 10,0,0,5,0,22\r\n");
     assert!(
@@ -244,6 +268,7 @@ fn bytes_before_the_greeting_are_not_commands() {
     assert_eq!(out.last(), Some(&Action::Close));
     assert!(h.s.is_closed());
     assert!(h.server(b"220 late\r\n").is_empty());
+    assert_eq!(h.refused, vec![Rule::EarlyData]);
 }
 
 #[test]
@@ -252,10 +277,12 @@ fn long_lines_and_nul_end_the_session() {
     let out = h.client(&[b'A'; 100]);
     assert_eq!(out.last(), Some(&Action::Close));
     assert!(matches!(&out[0], Action::ToClient(b) if b.starts_with(b"500 ")));
+    assert_eq!(h.refused, vec![Rule::LineTooLong]);
     let mut h = Harness::relaying();
     let out = h.client(b"RETR a\0b\r\n");
     assert_eq!(out.last(), Some(&Action::Close));
     assert!(out.iter().all(|a| !matches!(a, Action::ToServer(_))));
+    assert_eq!(h.refused, vec![Rule::NulInLine]);
 }
 
 #[test]
@@ -338,6 +365,7 @@ fn port_exhaustion_gives_425() {
         matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
         "{out:?}"
     );
+    assert_eq!(h.refused, vec![Rule::DataPortsExhausted; 2]);
 }
 
 #[test]
@@ -349,12 +377,11 @@ fn auth_is_refused_or_passed_through() {
         "{out:?}"
     );
 
+    assert_eq!(h.refused, vec![Rule::TlsRefused]);
+
     let mut p = params(UpstreamKind::Fixed);
     p.tls = TlsPolicy::Passthrough;
-    let mut h = Harness {
-        s: Session::new(p),
-        data: MockData::default(),
-    };
+    let mut h = Harness::new(p);
     h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
     h.server(b"220 hi\r\n");
     assert_eq!(h.client(b"AUTH TLS\r\n"), vec![to_server("AUTH TLS\r\n")]);
@@ -371,10 +398,7 @@ fn auth_is_refused_or_passed_through() {
 
 #[test]
 fn explicit_login_replays_user() {
-    let mut h = Harness {
-        s: Session::new(params(UpstreamKind::Explicit)),
-        data: MockData::default(),
-    };
+    let mut h = Harness::new(params(UpstreamKind::Explicit));
     let out = h.s.start();
     assert!(matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"220 ")));
     // Before login ftpgate knows no server features; "log in first" makes clients ask again.
@@ -408,10 +432,7 @@ fn explicit_login_replays_user() {
 
 #[test]
 fn explicit_upstream_failure_is_reported() {
-    let mut h = Harness {
-        s: Session::new(params(UpstreamKind::Explicit)),
-        data: MockData::default(),
-    };
+    let mut h = Harness::new(params(UpstreamKind::Explicit));
     h.s.start();
     h.client(b"USER bob@127.0.0.1\r\n");
     let out = h.ev(Event::UpstreamFailed(
@@ -445,10 +466,7 @@ fn telnet_abor_is_forwarded_unchanged_and_releases_an_unused_channel() {
 
 #[test]
 fn ipv6_server_gets_epsv_and_the_client_still_gets_227() {
-    let mut h = Harness {
-        s: Session::new(params(UpstreamKind::Fixed)),
-        data: MockData::default(),
-    };
+    let mut h = Harness::new(params(UpstreamKind::Fixed));
     h.ev(Event::UpstreamConnected(
         "[2001:db8::10]:21".parse().unwrap(),
     ));
@@ -500,4 +518,42 @@ proptest! {
                 || plan.dial.ip() == "10.0.0.5".parse::<IpAddr>().unwrap());
         }
     }
+}
+
+#[test]
+fn privileged_passive_ports_are_refused_unless_allowed() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,0,25)\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+    assert!(h.data.opened.is_empty());
+    assert_eq!(h.refused, vec![Rule::PrivilegedPort]);
+
+    let mut p = params(UpstreamKind::Fixed);
+    p.allow_privileged_ports = true;
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,0,25)\r\n");
+    assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:25".parse().unwrap());
+    h.client(b"PORT 10,0,0,5,0,20\r\n");
+    assert_eq!(h.data.opened[1].1.dial, "10.0.0.5:20".parse().unwrap());
+    assert!(h.refused.is_empty());
+}
+
+#[test]
+fn direction_addresses_count_only_from_their_own_side() {
+    // Rule 2: a server line shaped like PORT is reply text; a client line shaped like a
+    // 227 is a command for the server to refuse. Neither opens anything.
+    let mut h = Harness::relaying();
+    let line = b"PORT 10,0,0,5,4,1\r\n";
+    assert_eq!(h.server(line), vec![Action::ToClient(line.to_vec())]);
+    let line = b"227 Entering Passive Mode (10,0,0,5,4,1)\r\n";
+    assert_eq!(h.client(line), vec![Action::ToServer(line.to_vec())]);
+    h.server(b"500 Unknown command\r\n");
+    assert!(h.data.opened.is_empty());
 }
