@@ -14,11 +14,13 @@
 //! - [`rules`]: the security rules, named for logs and metrics;
 //! - [`config`]: the YAML schema and its validation;
 //! - [`sys`]: Linux socket options (original destination, `IP_TRANSPARENT`);
-//! - [`telemetry`]: metric names and log setup.
+//! - [`telemetry`]: metric names and log setup;
+//! - [`fuzzing`]: fuzz harnesses shared by `fuzz/` and the tests.
 
 pub mod config;
 pub mod data;
 pub mod ftp;
+pub mod fuzzing;
 pub mod gateway;
 pub mod rules;
 pub mod session;

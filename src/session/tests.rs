@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::rules::Rule;
-use proptest::prelude::*;
 
 const CLIENT: &str = "10.0.0.5:40001";
 const SERVER: &str = "192.0.2.10:21";
@@ -483,41 +482,6 @@ fn ipv6_server_gets_epsv_and_the_client_still_gets_227() {
         h.data.opened[0].1.dial,
         "[2001:db8::10]:7000".parse().unwrap()
     );
-}
-
-proptest! {
-    #[test]
-    fn arbitrary_streams_never_panic(
-        explicit: bool,
-        steps in proptest::collection::vec((0u8..4, proptest::collection::vec(any::<u8>(), 0..80)), 0..40)
-    ) {
-        let kind = if explicit { UpstreamKind::Explicit } else { UpstreamKind::Fixed };
-        let mut s = Session::new(params(kind));
-        let mut data = MockData::default();
-        s.start();
-        s.handle(Event::UpstreamConnected(SERVER.parse().unwrap()), &mut data);
-        for (who, bytes) in steps {
-            let ev = match who {
-                0 => Event::ClientData(&bytes),
-                1 => Event::ServerData(&bytes),
-                2 => Event::Data(u64::from(bytes.first().copied().unwrap_or(0) % 4), DataEvent::Established),
-                _ => Event::Data(u64::from(bytes.first().copied().unwrap_or(0) % 4), DataEvent::ServerToClientDone),
-            };
-            let actions = s.handle(ev, &mut data);
-            // Nothing announced to the server may carry an address other than ftpgate's.
-            for a in &actions {
-                if let Action::ToServer(b) = a {
-                    if b.starts_with(b"PORT ") {
-                        prop_assert!(b.starts_with(b"PORT 203,0,113,2,"));
-                    }
-                }
-            }
-        }
-        for (_, plan) in &data.opened {
-            prop_assert!(plan.dial.ip() == "192.0.2.10".parse::<IpAddr>().unwrap()
-                || plan.dial.ip() == "10.0.0.5".parse::<IpAddr>().unwrap());
-        }
-    }
 }
 
 #[test]

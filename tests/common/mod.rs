@@ -2,11 +2,12 @@
 //! in-process gateway on loopback, and files checked by SHA-256.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -243,5 +244,145 @@ impl Mode {
             Mode::Eprt => vec!["--ftp-port", active_addr],
         };
         v.into_iter().map(String::from).collect()
+    }
+}
+
+/// A raw FTP control connection.
+pub struct Control {
+    reader: BufReader<TcpStream>,
+    /// The socket, for writing raw bytes.
+    pub writer: TcpStream,
+}
+
+impl Control {
+    /// Connects (10 s read timeout).
+    pub fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    /// Reads one whole reply (multi-line aware); "" at end of stream.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            let b = line.as_bytes();
+            let first = all.as_bytes();
+            let multi = first.len() > 3 && first[3] == b'-';
+            if !multi || (b.len() > 3 && b[3] == b' ' && b[..3] == first[..3]) {
+                return all;
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
+        self.reply()
+    }
+
+    /// Reads the greeting and logs in anonymously.
+    pub fn login(&mut self) {
+        assert!(self.reply().starts_with("220"));
+        assert!(self.cmd("USER anonymous").starts_with("331"));
+        assert!(self.cmd("PASS x@").starts_with("230"));
+    }
+}
+
+/// A listener standing for a third host that must never be contacted.
+pub struct Victim {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<(usize, Vec<u8>)>>,
+}
+
+impl Victim {
+    /// Listens on `ip:port` (port 0: any) and records every connection and byte.
+    pub fn bind(ip: &str, port: u16) -> Self {
+        let listener = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new((0, Vec::new())));
+        let rec = Arc::clone(&received);
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                rec.lock().unwrap().0 += 1;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                rec.lock().unwrap().1.extend_from_slice(&buf);
+            }
+        });
+        Self { addr, received }
+    }
+
+    /// Connections received so far.
+    pub fn connections(&self) -> usize {
+        self.received.lock().unwrap().0
+    }
+
+    /// Bytes received so far.
+    pub fn bytes(&self) -> usize {
+        self.received.lock().unwrap().1.len()
+    }
+}
+
+/// `h1,h2,h3,h4,p1,p2` for an IPv4 socket address.
+pub fn port_arg(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let [a, b, c, d] = v4.ip().octets();
+    format!("{a},{b},{c},{d},{},{}", v4.port() >> 8, v4.port() & 0xff)
+}
+
+/// A hostile (or just scripted) FTP server on 127.0.0.1: greets, records every line it
+/// receives, and answers each with what `reply` returns for it.
+pub struct Scripted {
+    /// Its control address.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    /// Starts serving; every connection gets its own thread.
+    pub fn start(reply: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        let reply = Arc::new(reply);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = Arc::clone(&received);
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let rec = Arc::clone(&rec);
+                let reply = Arc::clone(&reply);
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let _ = w.write_all(b"220 scripted server\r\n");
+                    for line in BufReader::new(s).split(b'\n').map_while(Result::ok) {
+                        let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                        rec.lock().unwrap().push(line.clone());
+                        if w.write_all(reply(&line).as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, received }
+    }
+
+    /// Every line received so far, on all connections.
+    pub fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
     }
 }

@@ -1,0 +1,4 @@
+//! libFuzzer entry for [`ftpgate::fuzzing::codec`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ftpgate::fuzzing::codec(data));

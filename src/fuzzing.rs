@@ -1,0 +1,230 @@
+//! Fuzz harnesses: one arbitrary input in, invariants asserted (a violated invariant
+//! panics). `fuzz/` drives them with libFuzzer (`cargo fuzz run -s none codec|session`);
+//! the tests below drive them with random inputs on every `cargo test`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{ClientSource, TlsPolicy};
+use crate::ftp::command::{parse_command, parse_proxy_login};
+use crate::ftp::hostport::{
+    encode_eprt_arg, encode_port_arg, find_227, find_229, parse_eprt_arg, parse_port_arg,
+};
+use crate::ftp::line::{clean_line, LineFramer};
+use crate::ftp::reply::ReplyAssembler;
+use crate::session::{
+    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, Event, Session,
+    SessionParams, SideAddrs, UpstreamKind,
+};
+
+/// Every codec of the control protocol on arbitrary bytes: no panic, and what parses
+/// re-encodes to something that parses to the same value.
+pub fn codec(data: &[u8]) {
+    if let Ok(addr) = parse_port_arg(data) {
+        assert_eq!(parse_port_arg(encode_port_arg(addr).as_bytes()), Ok(addr));
+    }
+    if let Ok(addr) = parse_eprt_arg(data) {
+        assert_eq!(parse_eprt_arg(encode_eprt_arg(addr).as_bytes()), Ok(addr));
+    }
+    if let Ok((addr, span)) = find_227(data) {
+        assert_eq!(parse_port_arg(&data[span]), Ok(addr));
+    }
+    if let Ok((port, span)) = find_229(data) {
+        assert_eq!(
+            std::str::from_utf8(&data[span]).unwrap().parse::<u16>(),
+            Ok(port)
+        );
+    }
+    let _ = parse_proxy_login(data);
+    let mut framer = LineFramer::new(64);
+    let mut replies = ReplyAssembler::default();
+    for chunk in data.chunks(7) {
+        framer.push(chunk);
+        while let Ok(Some(line)) = framer.next_line() {
+            let _ = parse_command(&clean_line(&line));
+            if let Some(r) = replies.push_line(&line) {
+                assert!(r.raw.ends_with(b"\n"));
+                let _ = r.last_text();
+            }
+        }
+    }
+}
+
+const CLIENT: &str = "10.0.0.5:40001";
+const SERVER: &str = "192.0.2.10:21";
+
+/// Records the plans of opened channels.
+struct Data {
+    plans: Vec<DataPlan>,
+    fail: bool,
+}
+
+impl DataChannels for Data {
+    fn open(&mut self, _id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
+        if self.fail {
+            return Err(DataOpenError::Exhausted);
+        }
+        self.plans.push(plan.clone());
+        Ok(50000)
+    }
+    fn cancel(&mut self, _id: ChannelId) {}
+}
+
+/// The session state machine driven by an arbitrary event sequence from both sides.
+///
+/// Input: a flags byte, then records `[kind, len, bytes...]`. Invariants: no panic; every
+/// `PORT`/`EPRT` sent to the server names ftpgate's server-side address; every data
+/// channel dials only the client's or the server's control address.
+pub fn session(input: &[u8]) {
+    let Some((&flags, mut rest)) = input.split_first() else {
+        return;
+    };
+    let mut s = Session::new(SessionParams {
+        upstream: if flags & 1 == 0 {
+            UpstreamKind::Fixed
+        } else {
+            UpstreamKind::Explicit
+        },
+        client: CLIENT.parse().unwrap(),
+        client_side: SideAddrs {
+            address: "10.0.0.1".parse().unwrap(),
+            announce: "198.51.100.1".parse().unwrap(),
+        },
+        server_side: SideAddrs {
+            address: "203.0.113.1".parse().unwrap(),
+            announce: "203.0.113.2".parse().unwrap(),
+        },
+        client_source: ClientSource::Gateway,
+        tls: if flags & 2 == 0 {
+            TlsPolicy::Refuse
+        } else {
+            TlsPolicy::Passthrough
+        },
+        max_line: 128,
+        allow_privileged_ports: flags & 4 != 0,
+    });
+    let mut data = Data {
+        plans: Vec::new(),
+        fail: flags & 8 != 0,
+    };
+    let mut actions = s.start();
+    let server: SocketAddr = SERVER.parse().unwrap();
+    while let [kind, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (bytes, next) = tail.split_at(n);
+        rest = next;
+        let id = ChannelId::from(bytes.first().copied().unwrap_or(0) % 4);
+        let event = match kind % 9 {
+            0 | 1 | 2 => Event::ClientData(bytes),
+            3 | 4 | 5 => Event::ServerData(bytes),
+            6 => Event::UpstreamConnected(server),
+            7 => Event::Data(id, DataEvent::Established),
+            _ => Event::Data(
+                id,
+                match bytes.len() % 3 {
+                    0 => DataEvent::ServerToClientDone,
+                    1 => DataEvent::Finished,
+                    _ => DataEvent::Failed("fuzz".into()),
+                },
+            ),
+        };
+        actions.extend(s.handle(event, &mut data));
+    }
+    let in_passthrough = actions
+        .iter()
+        .any(|a| matches!(a, Action::ToClient(b) if b.starts_with(b"234")));
+    for a in &actions {
+        if let Action::ToServer(b) = a {
+            // In TLS passthrough the bytes are the client's own, not ftpgate's words.
+            if !in_passthrough && (b.starts_with(b"PORT ") || b.starts_with(b"EPRT ")) {
+                assert!(
+                    b.starts_with(b"PORT 203,0,113,2,") || b.starts_with(b"EPRT |1|203.0.113.2|"),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
+    }
+    let allowed: [IpAddr; 2] = ["10.0.0.5".parse().unwrap(), "192.0.2.10".parse().unwrap()];
+    for plan in &data.plans {
+        assert!(allowed.contains(&plan.dial.ip()), "{plan:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn codec_on_random_bytes(data: Vec<u8>) {
+            super::codec(&data);
+        }
+
+        #[test]
+        fn session_on_random_events(input: Vec<u8>) {
+            super::session(&input);
+        }
+
+        #[test]
+        fn session_on_ftp_shaped_events(
+            flags: u8,
+            records in proptest::collection::vec((0u8..9, ftp_shaped()), 0..30),
+        ) {
+            // Start from a connected, greeted session so that the records reach deep states.
+            let mut input = vec![flags & !1, 6, 0, 3, 8];
+            input.extend_from_slice(b"220 hi\r\n");
+            for (kind, bytes) in records {
+                input.push(kind);
+                input.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
+                input.extend_from_slice(&bytes[..bytes.len().min(255)]);
+            }
+            super::session(&input);
+        }
+    }
+
+    /// An address that is sometimes the client's own and sometimes anybody's.
+    fn address() -> impl Strategy<Value = ([u8; 4], u16)> {
+        (
+            prop_oneof![Just([10, 0, 0, 5]), any::<[u8; 4]>()],
+            any::<u16>(),
+        )
+    }
+
+    /// Lines that look like FTP, so that random streams reach deep states.
+    fn ftp_shaped() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"220 hi\r\n".to_vec()),
+            Just(b"230 ok\r\n".to_vec()),
+            Just(b"PASV\r\n".to_vec()),
+            Just(b"EPSV\r\n".to_vec()),
+            Just(b"LIST\r\n".to_vec()),
+            Just(b"AUTH TLS\r\n".to_vec()),
+            Just(b"234 go\r\n".to_vec()),
+            Just(b"150 here\r\n".to_vec()),
+            Just(b"226 done\r\n".to_vec()),
+            Just(b"USER a@h:21\r\n".to_vec()),
+            Just(b"\xff\xf4\xff\xf2ABOR\r\n".to_vec()),
+            address().prop_map(|([a, b, c, d], p)| {
+                format!("PORT {a},{b},{c},{d},{},{}\r\n", p >> 8, p & 0xff).into_bytes()
+            }),
+            address().prop_map(|([a, b, c, d], p)| {
+                format!("EPRT |1|{a}.{b}.{c}.{d}|{p}|\r\n").into_bytes()
+            }),
+            address().prop_map(|([a, b, c, d], p)| {
+                format!(
+                    "227 Entering Passive Mode ({a},{b},{c},{d},{},{})\r\n",
+                    p >> 8,
+                    p & 0xff
+                )
+                .into_bytes()
+            }),
+            "EPRT \\|[12]\\|[0-9a-f.:]{1,20}\\|[0-9]{1,6}\\|\r\n".prop_map(String::into_bytes),
+            "227 [ -~]{0,10}\\(([0-9]{1,3},){5}[0-9]{1,3}\\)\r\n".prop_map(String::into_bytes),
+            "229 [ -~]{0,10}\\(\\|\\|\\|[0-9]{1,6}\\|\\)\r\n".prop_map(String::into_bytes),
+            "[0-9]{3}[- ][ -~]{0,20}\r\n".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+}
