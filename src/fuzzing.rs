@@ -114,8 +114,8 @@ pub fn session(input: &[u8]) {
         rest = next;
         let id = ChannelId::from(bytes.first().copied().unwrap_or(0) % 4);
         let event = match kind % 9 {
-            0 | 1 | 2 => Event::ClientData(bytes),
-            3 | 4 | 5 => Event::ServerData(bytes),
+            0..=2 => Event::ClientData(bytes),
+            3..=5 => Event::ServerData(bytes),
             6 => Event::UpstreamConnected(server),
             7 => Event::Data(id, DataEvent::Established),
             _ => Event::Data(
