@@ -297,6 +297,17 @@ pub enum TlsPolicy {
     Passthrough,
 }
 
+/// How data-connection bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// `splice(2)` through a pipe: bytes stay in the kernel (Linux; elsewhere `copy`).
+    #[default]
+    Splice,
+    /// Read into a buffer and write it out: portable.
+    Copy,
+}
+
 /// Addresses of one side of a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -331,6 +342,8 @@ struct RawGateway {
     tls: TlsPolicy,
     #[serde(default)]
     allow_privileged_ports: bool,
+    #[serde(default)]
+    relay: RelayMode,
 }
 
 fn default_data_ports() -> PortRange {
@@ -381,6 +394,8 @@ pub struct GatewayConfig {
     /// Accept data ports below 1024 from clients and servers (for a legacy peer); off by
     /// default, logged at start-up when on.
     pub allow_privileged_ports: bool,
+    /// How data bytes are relayed.
+    pub relay: RelayMode,
 }
 
 impl GatewayConfig {
@@ -664,6 +679,7 @@ fn resolve_gateway(
         deny_servers,
         tls: g.tls,
         allow_privileged_ports: g.allow_privileged_ports,
+        relay: g.relay,
     })
 }
 

@@ -415,6 +415,7 @@ async fn serve(
             gateway: Arc::clone(&ctx.name),
             timeout: ctx.limits.data_accept_timeout.0,
             events: events_tx,
+            relay: cfg.relay,
         },
         tasks: HashMap::new(),
     };

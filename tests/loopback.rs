@@ -25,7 +25,7 @@ enum Client {
 const DOWN_SIZE: usize = 4 * 1024 * 1024 + 123;
 const UP_SIZE: usize = 3 * 1024 * 1024 + 7;
 
-fn gateway_yaml(role: Role, server_port: u16) -> String {
+fn gateway_yaml(role: Role, server_port: u16, relay: &str) -> String {
     let upstream = match role {
         Role::Publish => format!("\"127.0.0.1:{server_port}\""),
         Role::Explicit => "\"user@host\"\n    deny_servers: []".to_owned(),
@@ -38,6 +38,7 @@ gateways:
     upstream: {upstream}
     server_side: {{ address: 127.0.0.1 }}
     data_ports: "{ports}"
+    relay: {relay}
 log: {{ level: warn }}
 "#,
         ports = data_ports(50)
@@ -142,7 +143,12 @@ impl Run<'_> {
 fn transfers(role: Role, client: Client, mode: Mode) {
     let server = PyFtpd::start(&[]);
     let down_sha = random_file(&server.file("down.bin"), DOWN_SIZE, 1);
-    let gateway = Gateway::start(&gateway_yaml(role, server.port));
+    // Both relays end to end: splice (the default) for curl, the portable copy for ftplib.
+    let relay = match client {
+        Client::Curl => "splice",
+        Client::Ftplib => "copy",
+    };
+    let gateway = Gateway::start(&gateway_yaml(role, server.port, relay));
     let work = tempfile::tempdir().unwrap();
     let up = work.path().join("up.bin");
     let up_sha = random_file(&up, UP_SIZE, 2);
@@ -205,7 +211,7 @@ fn passive_reply_names_the_gateway_port() {
     // The client is told ftpgate's data port, not the server's: the data really crosses
     // the gateway.
     let server = PyFtpd::start(&["--passive-ports", "47000-47009"]);
-    let yaml = gateway_yaml(Role::Publish, server.port);
+    let yaml = gateway_yaml(Role::Publish, server.port, "splice");
     let range = yaml
         .lines()
         .find_map(|l| l.trim().strip_prefix("data_ports: "))

@@ -11,6 +11,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::ports::PortLease;
+#[cfg(target_os = "linux")]
+use super::splice::{splice_until_eof, Pipe};
+use crate::config::RelayMode;
 use crate::rules::Rule;
 use crate::session::{ChannelId, DataEvent, DataPlan, DialSource, Side};
 use crate::sys;
@@ -55,6 +58,8 @@ pub struct ChannelContext {
     pub timeout: Duration,
     /// Where events go: the session's event queue.
     pub events: mpsc::UnboundedSender<(ChannelId, DataEvent)>,
+    /// How bytes are moved.
+    pub relay: RelayMode,
 }
 
 /// Runs a data channel to its end, reporting events. The lease (and with it the port) is
@@ -169,20 +174,57 @@ async fn relay(
 ) -> io::Result<(u64, u64)> {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let (client_rd, client_wr) = client.into_split();
-    let (server_rd, server_wr) = server.into_split();
-    let upload = copy_half(client_rd, server_wr);
-    let download = async {
-        let n = copy_half(server_rd, client_wr).await;
-        if n.is_ok() {
-            let _ = ctx.events.send((id, DataEvent::ServerToClientDone));
+    let (up, down) = match ctx.relay {
+        #[cfg(target_os = "linux")]
+        RelayMode::Splice => {
+            let (up_pipe, down_pipe) = (Pipe::new()?, Pipe::new()?);
+            both_ways(
+                id,
+                ctx,
+                splice_half(&client, &server, &up_pipe),
+                splice_half(&server, &client, &down_pipe),
+            )
+            .await?
         }
-        n
+        _ => {
+            let (client_rd, client_wr) = client.into_split();
+            let (server_rd, server_wr) = server.into_split();
+            both_ways(
+                id,
+                ctx,
+                copy_half(client_rd, server_wr),
+                copy_half(server_rd, client_wr),
+            )
+            .await?
+        }
     };
-    // An error in either direction (a reset, say) ends both: the transfer is over.
-    let (up, down) = tokio::try_join!(upload, download)?;
     telemetry::relayed(&ctx.gateway, up, down);
     Ok((up, down))
+}
+
+/// Runs both directions; reports the end of the server-to-client one as soon as it comes.
+/// An error in either direction (a reset, say) ends both: the transfer is over.
+async fn both_ways(
+    id: ChannelId,
+    ctx: &ChannelContext,
+    upload: impl std::future::Future<Output = io::Result<u64>>,
+    download: impl std::future::Future<Output = io::Result<u64>>,
+) -> io::Result<(u64, u64)> {
+    let download = async {
+        let n = download.await?;
+        let _ = ctx.events.send((id, DataEvent::ServerToClientDone));
+        Ok(n)
+    };
+    tokio::try_join!(upload, download)
+}
+
+/// Splices one direction until EOF, then passes the FIN on.
+#[cfg(target_os = "linux")]
+async fn splice_half(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+    let n = splice_until_eof(from, to, pipe).await?;
+    // The peer may have closed entirely already; the FIN is then moot.
+    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    Ok(n)
 }
 
 /// Copies one direction until EOF, then passes the FIN on.
@@ -217,7 +259,12 @@ mod tests {
     }
 
     /// Starts a channel whose listener faces the client and which dials `server`.
-    async fn start(server: SocketAddr, expect_peer: IpAddr, timeout: Duration) -> Started {
+    async fn start(
+        server: SocketAddr,
+        expect_peer: IpAddr,
+        timeout: Duration,
+        relay: RelayMode,
+    ) -> Started {
         let pool = PortPool::new(
             "test".into(),
             PortRange {
@@ -240,6 +287,7 @@ mod tests {
             gateway: "test".into(),
             timeout,
             events: tx,
+            relay,
         };
         tokio::spawn(run(
             7,
@@ -252,29 +300,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn relays_both_ways_with_half_close_and_reports_in_order() {
+    async fn copy_relays_both_ways_with_half_close_and_reports_in_order() {
+        half_close_round_trip(RelayMode::Copy).await;
+    }
+
+    #[tokio::test]
+    async fn splice_relays_both_ways_with_half_close_and_reports_in_order() {
+        half_close_round_trip(RelayMode::Splice).await;
+    }
+
+    async fn half_close_round_trip(relay: RelayMode) {
         let server = TcpListener::bind((LOCAL, 0)).await.unwrap();
-        let mut ch = start(server.local_addr().unwrap(), LOCAL, Duration::from_secs(5)).await;
+        let timeout = Duration::from_secs(5);
+        let mut ch = start(server.local_addr().unwrap(), LOCAL, timeout, relay).await;
         let mut client = TcpStream::connect((LOCAL, ch.port)).await.unwrap();
         let (mut upstream, _) = server.accept().await.unwrap();
         assert_eq!(ch.events.recv().await, Some((7, DataEvent::Established)));
         assert_eq!(ch.pool.leased(), 0, "the port returns once the peer is in");
 
         // Upload, then the client half-closes: the server sees EOF but can still answer.
-        let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        client.write_all(&upload).await.unwrap();
-        client.shutdown().await.unwrap();
+        let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = tokio::spawn(async move {
+            client.write_all(&upload).await.unwrap();
+            client.shutdown().await.unwrap();
+            (client, upload)
+        });
         let mut got = Vec::new();
         upstream.read_to_end(&mut got).await.unwrap();
+        let (mut client, upload) = writer.await.unwrap();
         assert_eq!(got, upload);
 
         // Download after the half-close, then the server closes.
-        let download: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
-        upstream.write_all(&download).await.unwrap();
-        drop(upstream);
+        let download: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        let expected = download.clone();
+        let writer = tokio::spawn(async move {
+            upstream.write_all(&download).await.unwrap();
+        });
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, download);
+        writer.await.unwrap();
+        assert_eq!(got, expected);
 
         assert_eq!(
             ch.events.recv().await,
@@ -288,10 +353,12 @@ mod tests {
         let server = TcpListener::bind((LOCAL, 0)).await.unwrap();
         // Expect a peer address that the test's own connections do not have.
         let expected: IpAddr = "127.0.0.2".parse().unwrap();
+        let timeout = Duration::from_secs(5);
         let mut ch = start(
             server.local_addr().unwrap(),
             expected,
-            Duration::from_secs(5),
+            timeout,
+            RelayMode::Splice,
         )
         .await;
         let mut stranger = TcpStream::connect((LOCAL, ch.port)).await.unwrap();
@@ -311,6 +378,7 @@ mod tests {
             "127.0.0.1:9".parse().unwrap(),
             LOCAL,
             Duration::from_millis(200),
+            RelayMode::Copy,
         )
         .await;
         assert_eq!(ch.pool.leased(), 1);

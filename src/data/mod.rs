@@ -3,3 +3,5 @@
 
 pub mod channel;
 pub mod ports;
+#[cfg(target_os = "linux")]
+pub mod splice;
