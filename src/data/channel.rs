@@ -103,24 +103,34 @@ async fn establish_and_relay(
     plan: &DataPlan,
     ctx: &ChannelContext,
 ) -> Result<(u64, u64), ChannelError> {
-    let accepted = accept_expected(&listener, plan.expect_peer, ctx).await?;
+    let accept = accept_expected(&listener, plan.expect_peer, ctx);
+    let (client, server) = match plan.listener_faces {
+        // Passive: connect to the server's data port while the client is on its way, as a
+        // direct client does right after PASV; the handshake leaves the critical path.
+        Side::Client => tokio::try_join!(accept, dial_plan(plan, ctx))?,
+        // Active: dial the client only once the server has connected for a transfer.
+        Side::Server => {
+            let server = accept.await?;
+            (dial_plan(plan, ctx).await?, server)
+        }
+    };
     drop(listener);
     drop(lease);
-    let dialed = tokio::time::timeout(ctx.timeout, dial(plan.dial, plan.dial_from))
+    let _ = ctx.events.send((id, DataEvent::Established));
+    relay(id, client, server, ctx)
+        .await
+        .map_err(ChannelError::Relay)
+}
+
+/// Dials the plan's target within the channel timeout.
+async fn dial_plan(plan: &DataPlan, ctx: &ChannelContext) -> Result<TcpStream, ChannelError> {
+    tokio::time::timeout(ctx.timeout, dial(plan.dial, plan.dial_from))
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
         .map_err(|source| ChannelError::Dial {
             to: plan.dial,
             source,
-        })?;
-    let (client, server) = match plan.listener_faces {
-        Side::Client => (accepted, dialed),
-        Side::Server => (dialed, accepted),
-    };
-    let _ = ctx.events.send((id, DataEvent::Established));
-    relay(id, client, server, ctx)
-        .await
-        .map_err(ChannelError::Relay)
+        })
 }
 
 /// Accepts connections until one comes from `expected`; others are closed at once and do
@@ -374,10 +384,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_unused_listener_times_out_and_frees_its_port() {
+        // The server side is there (and gets dialled early); the client never comes.
+        let server = TcpListener::bind((LOCAL, 0)).await.unwrap();
+        let timeout = Duration::from_millis(200);
         let mut ch = start(
-            "127.0.0.1:9".parse().unwrap(),
+            server.local_addr().unwrap(),
             LOCAL,
-            Duration::from_millis(200),
+            timeout,
             RelayMode::Copy,
         )
         .await;

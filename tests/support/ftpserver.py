@@ -27,6 +27,8 @@ def main():
                     help="accept PORT/EPRT with ports below 1024")
     ap.add_argument("--disable", default="",
                     help="comma-separated commands to answer with 500 (e.g. EPSV,EPRT)")
+    ap.add_argument("--max-cons", type=int, default=512,
+                    help="most simultaneous connections (pyftpdlib's default: 512)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -54,6 +56,7 @@ def main():
     Handler.proto_cmds = {k: v for k, v in FTPHandler.proto_cmds.items() if k not in disabled}
 
     server = FTPServer((args.host, args.port), Handler)
+    server.max_cons = args.max_cons
     print("READY", server.socket.getsockname()[1], flush=True)
     server.serve_forever()
 
