@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -422,10 +422,10 @@ async fn serve(
     let from = cfg.server_side.address;
     let mut connecting: Option<Connecting> =
         target.map(|t| Box::pin(connect_upstream(t, from, None)) as Connecting);
-    let (mut client_rd, mut client_wr) = client.into_split();
+    let (client_rd, mut client_wr) = client.into_split();
     let mut server: Option<(OwnedReadHalf, OwnedWriteHalf)> = None;
-    let mut cbuf = [0u8; CONTROL_BUFFER];
-    let mut sbuf = [0u8; CONTROL_BUFFER];
+    // One read buffer for both directions: the loop waits for readiness, then reads.
+    let mut buf = [0u8; CONTROL_BUFFER];
     let idle = ctx.limits.idle_timeout.0;
     let idle_sleep = tokio::time::sleep(idle);
     tokio::pin!(idle_sleep);
@@ -459,13 +459,23 @@ async fn serve(
             return Ok(());
         }
         let event_owned: OwnedEvent = tokio::select! {
-            r = client_rd.read(&mut cbuf) => match r? {
-                0 => OwnedEvent::ClientClosed,
-                n => OwnedEvent::Client(n),
+            r = client_rd.readable() => {
+                r?;
+                match client_rd.try_read(&mut buf) {
+                    Ok(0) => OwnedEvent::ClientClosed,
+                    Ok(n) => OwnedEvent::Client(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
             },
-            r = read_server(&mut server, &mut sbuf), if server.is_some() => match r {
-                Ok(0) | Err(_) => OwnedEvent::ServerClosed,
-                Ok(n) => OwnedEvent::Server(n),
+            r = server_readable(&server), if server.is_some() => match r {
+                Ok(rd) => match rd.try_read(&mut buf) {
+                    Ok(0) => OwnedEvent::ServerClosed,
+                    Ok(n) => OwnedEvent::Server(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => OwnedEvent::ServerClosed,
+                },
+                Err(_) => OwnedEvent::ServerClosed,
             },
             r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
@@ -494,8 +504,8 @@ async fn serve(
                 .reset(tokio::time::Instant::now() + idle);
         }
         let event = match &event_owned {
-            OwnedEvent::Client(n) => Event::ClientData(&cbuf[..*n]),
-            OwnedEvent::Server(n) => Event::ServerData(&sbuf[..*n]),
+            OwnedEvent::Client(n) => Event::ClientData(&buf[..*n]),
+            OwnedEvent::Server(n) => Event::ServerData(&buf[..*n]),
             OwnedEvent::ClientClosed => Event::ClientClosed,
             OwnedEvent::ServerClosed => Event::ServerClosed,
             OwnedEvent::Connected(addr) => Event::UpstreamConnected(*addr),
@@ -531,12 +541,12 @@ enum OwnedEvent {
     Idle,
 }
 
-async fn read_server(
-    server: &mut Option<(OwnedReadHalf, OwnedWriteHalf)>,
-    buf: &mut [u8],
-) -> io::Result<usize> {
+/// Waits until the server's control connection is readable; returns its read half.
+async fn server_readable(
+    server: &Option<(OwnedReadHalf, OwnedWriteHalf)>,
+) -> io::Result<&OwnedReadHalf> {
     match server {
-        Some((rd, _)) => rd.read(buf).await,
+        Some((rd, _)) => rd.readable().await.map(|()| rd),
         None => std::future::pending().await,
     }
 }
