@@ -99,6 +99,14 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def machine_busy_seconds():
+    """CPU time all cores spent not idle (user, system, interrupts, softirq), in seconds."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle, iowait = values[3], values[4]
+    return (sum(values[:8]) - idle - iowait) / TICKS
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -158,16 +166,22 @@ class Bench:
         self.upload_file = os.path.join(self.topo.work, "upload.bin")
         with open(self.upload_file, "wb") as f:
             f.truncate(size)  # sparse: reading it costs no disk
-        cpu = {p: [0.0, 0] for p in PATHS if p.startswith("ftpgate")}
+        cpu = {p: [0.0, 0] for p in self.args.paths.split(",") if p.startswith("ftpgate")}
+        machine = {p: [0.0, 0] for p in self.args.paths.split(",")}
         counter = 0
+        roles = self.args.roles.split(",")
+        paths = self.args.paths.split(",")
         for role, (client_ns, server_ns, server_addr, *_rest) in ROLES.items():
+            if role not in roles:
+                continue
             server = lab.Vsftpd(self.topo, server_ns, server_addr)
             with open(os.path.join(server.root, "big.bin"), "wb") as f:
                 f.truncate(size)
             os.chmod(os.path.join(server.root, "big.bin"), 0o644)
-            for path in PATHS:
+            for path in paths:
                 proc, host, _ = self.set_path(role, path)
                 before = cpu_seconds(proc.pid) if proc else 0
+                machine_before = machine_busy_seconds()
                 for direction in ("download", "upload"):
                     for mode in ("passive", "active"):
                         speeds = []
@@ -177,6 +191,8 @@ class Bench:
                         self.results[("throughput", role, direction, mode, path)] = statistics.median(speeds)
                         print("throughput %-8s %-8s %-7s %-14s %8.0f MB/s" % (
                             role, direction, mode, path, statistics.median(speeds)), flush=True)
+                machine[path][0] += machine_busy_seconds() - machine_before
+                machine[path][1] += 4 * self.args.runs * size
                 if proc:
                     cpu[path][0] += cpu_seconds(proc.pid) - before
                     cpu[path][1] += 4 * self.args.runs * size
@@ -185,6 +201,9 @@ class Bench:
         for path, (secs, nbytes) in cpu.items():
             self.results[("cpu", path)] = secs / (nbytes / (1 << 30))
             print("cpu %-14s %.2f s/GiB" % (path, self.results[("cpu", path)]), flush=True)
+        for path, (secs, nbytes) in machine.items():
+            self.results[("machine", path)] = secs / (nbytes / (1 << 30))
+            print("machine %-14s %.2f s/GiB" % (path, self.results[("machine", path)]), flush=True)
 
     def latency(self):
         role = "outbound"
@@ -299,14 +318,24 @@ class Bench:
             for role in ROLES:
                 for direction in ("download", "upload"):
                     for mode in ("passive", "active"):
-                        k = self.results[("throughput", role, direction, mode, "kernel")]
+                        k = self.results.get(("throughput", role, direction, mode, "kernel"))
                         cells = []
                         for path in PATHS:
-                            v = self.results[("throughput", role, direction, mode, path)]
-                            cells.append("%.0f" % v if path == "kernel" else "%.0f (%.2f×)" % (v, v / k))
-                        out.append("| %s | %s | %s | %s |" % (role, direction, mode, " | ".join(cells)))
-            out += ["", "CPU of ftpgate per GiB relayed (user+sys): " + ", ".join(
-                "%s %.2f s" % (p, self.results[("cpu", p)]) for p in PATHS if ("cpu", p) in self.results), ""]
+                            v = self.results.get(("throughput", role, direction, mode, path))
+                            if v is None:
+                                cells.append("—")
+                            elif path == "kernel" or k is None:
+                                cells.append("%.0f" % v)
+                            else:
+                                cells.append("%.0f (%.2f×)" % (v, v / k))
+                        if any(c != "—" for c in cells):
+                            out.append("| %s | %s | %s | %s |" % (role, direction, mode, " | ".join(cells)))
+            out += ["", "CPU of the ftpgate process per GiB relayed (user+sys): " + ", ".join(
+                "%s %.2f s" % (p, self.results[("cpu", p)]) for p in PATHS if ("cpu", p) in self.results) + ".",
+                "", "CPU of the whole machine per GiB moved (client, server, kernel forwarding or "
+                "ftpgate, all on the same cores): " + ", ".join(
+                "%s %.2f s" % (p, self.results[("machine", p)]) for p in PATHS
+                if ("machine", p) in self.results) + ".", ""]
         if any(k[0] == "latency" for k in self.results):
             out += ["### Data-channel setup (command sent → first byte of a 100-byte RETR, %d transfers)"
                     % self.args.latency_n, "",
@@ -361,6 +390,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--transfers", type=int, default=1000)
     ap.add_argument("--only", default="throughput,latency,scale,many")
+    ap.add_argument("--roles", default="outbound,publish", help="throughput: roles to measure")
+    ap.add_argument("--paths", default=",".join(PATHS), help="throughput: paths to measure")
     ap.add_argument("--write-doc")
     args = ap.parse_args()
     if os.geteuid() != 0:
