@@ -162,42 +162,46 @@ class Bench:
         return (down if direction == "download" else up) / MB
 
     def throughput(self):
+        """Every run is a round over all paths, so that drift of the machine is spread
+        evenly over them; medians pool the rounds."""
         size = self.args.size_mib * 1024 * 1024
         self.upload_file = os.path.join(self.topo.work, "upload.bin")
         with open(self.upload_file, "wb") as f:
             f.truncate(size)  # sparse: reading it costs no disk
-        cpu = {p: [0.0, 0] for p in self.args.paths.split(",") if p.startswith("ftpgate")}
-        machine = {p: [0.0, 0] for p in self.args.paths.split(",")}
-        counter = 0
-        roles = self.args.roles.split(",")
         paths = self.args.paths.split(",")
+        cpu = {p: [0.0, 0] for p in paths if p.startswith("ftpgate")}
+        machine = {p: [0.0, 0] for p in paths}
+        speeds = {}
+        counter = 0
         for role, (client_ns, server_ns, server_addr, *_rest) in ROLES.items():
-            if role not in roles:
+            if role not in self.args.roles.split(","):
                 continue
             server = lab.Vsftpd(self.topo, server_ns, server_addr)
             with open(os.path.join(server.root, "big.bin"), "wb") as f:
                 f.truncate(size)
             os.chmod(os.path.join(server.root, "big.bin"), 0o644)
-            for path in paths:
-                proc, host, _ = self.set_path(role, path)
-                before = cpu_seconds(proc.pid) if proc else 0
-                machine_before = machine_busy_seconds()
-                for direction in ("download", "upload"):
-                    for mode in ("passive", "active"):
-                        speeds = []
-                        for _ in range(self.args.runs):
+            for _ in range(self.args.runs):
+                for path in paths:
+                    proc, host, _ = self.set_path(role, path)
+                    before = cpu_seconds(proc.pid) if proc else 0
+                    machine_before = machine_busy_seconds()
+                    for direction in ("download", "upload"):
+                        for mode in ("passive", "active"):
                             counter += 1
-                            speeds.append(self.curl(role, host, direction, mode, server, counter))
-                        self.results[("throughput", role, direction, mode, path)] = statistics.median(speeds)
-                        print("throughput %-8s %-8s %-7s %-14s %8.0f MB/s" % (
-                            role, direction, mode, path, statistics.median(speeds)), flush=True)
-                machine[path][0] += machine_busy_seconds() - machine_before
-                machine[path][1] += 4 * self.args.runs * size
-                if proc:
-                    cpu[path][0] += cpu_seconds(proc.pid) - before
-                    cpu[path][1] += 4 * self.args.runs * size
-                    self.topo.stop(proc)
+                            speeds.setdefault((role, direction, mode, path), []).append(
+                                self.curl(role, host, direction, mode, server, counter))
+                    machine[path][0] += machine_busy_seconds() - machine_before
+                    machine[path][1] += 4 * size
+                    if proc:
+                        cpu[path][0] += cpu_seconds(proc.pid) - before
+                        cpu[path][1] += 4 * size
+                        self.topo.stop(proc)
             server.stop()
+        for (role, direction, mode, path), values in speeds.items():
+            self.results[("throughput", role, direction, mode, path)] = statistics.median(values)
+            print("throughput %-8s %-8s %-7s %-14s %8.0f MB/s  (runs: %s)" % (
+                role, direction, mode, path, statistics.median(values),
+                " ".join("%.0f" % v for v in values)), flush=True)
         for path, (secs, nbytes) in cpu.items():
             self.results[("cpu", path)] = secs / (nbytes / (1 << 30))
             print("cpu %-14s %.2f s/GiB" % (path, self.results[("cpu", path)]), flush=True)
@@ -206,25 +210,34 @@ class Bench:
             print("machine %-14s %.2f s/GiB" % (path, self.results[("machine", path)]), flush=True)
 
     def latency(self):
-        role = "outbound"
+        """Rounds alternate the paths, each taking a share of the samples; median and p99
+        pool all rounds."""
+        role, rounds = "outbound", 4
         server = lab.Vsftpd(self.topo, "inet", "203.0.113.10")
         with open(os.path.join(server.root, "tiny.bin"), "wb") as f:
             f.write(b"x" * 100)
         os.chmod(os.path.join(server.root, "tiny.bin"), 0o644)
-        for path in ("kernel", "ftpgate-splice"):
-            proc, host, port = self.set_path(role, path)
-            for mode in ("PASV", "PORT"):
-                r = self.topo.run("lan", ["python3", CLIENT_TOOL, "latency", host, str(port),
-                                          "anonymous", mode, str(self.args.latency_n), "tiny.bin"],
-                                  capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise RuntimeError("latency %s %s: %s" % (path, mode, r.stderr[-500:]))
-                out = json.loads(r.stdout)
-                self.results[("latency", mode, path)] = out
-                print("latency %-5s %-14s median %.3f ms  p99 %.3f ms" % (
-                    mode, path, out["median_ms"], out["p99_ms"]), flush=True)
-            if proc:
-                self.topo.stop(proc)
+        samples = {}
+        per_round = max(1, self.args.latency_n // rounds)
+        for _ in range(rounds):
+            for path in ("kernel", "ftpgate-splice"):
+                proc, host, port = self.set_path(role, path)
+                for mode in ("PASV", "PORT"):
+                    r = self.topo.run("lan", ["python3", CLIENT_TOOL, "latency", host, str(port),
+                                              "anonymous", mode, str(per_round), "tiny.bin"],
+                                      capture_output=True, text=True)
+                    if r.returncode != 0:
+                        raise RuntimeError("latency %s %s: %s" % (path, mode, r.stderr[-500:]))
+                    samples.setdefault((mode, path), []).extend(json.loads(r.stdout)["samples_ms"])
+                if proc:
+                    self.topo.stop(proc)
+        for (mode, path), values in samples.items():
+            values.sort()
+            out = {"n": len(values), "median_ms": statistics.median(values),
+                   "p99_ms": values[int(len(values) * 0.99) - 1]}
+            self.results[("latency", mode, path)] = out
+            print("latency %-5s %-14s median %.3f ms  p99 %.3f ms  (n=%d)" % (
+                mode, path, out["median_ms"], out["p99_ms"], out["n"]), flush=True)
         server.stop()
 
     def big_pyftpd(self):
