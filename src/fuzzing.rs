@@ -49,8 +49,32 @@ pub fn codec(data: &[u8]) {
     }
 }
 
-const CLIENT: &str = "10.0.0.5:40001";
-const SERVER: &str = "192.0.2.10:21";
+/// The client's control address in [`lab_params`].
+pub const CLIENT: &str = "10.0.0.5:40001";
+/// The server's control address the harness connects sessions to.
+pub const SERVER: &str = "192.0.2.10:21";
+
+/// Session parameters with fixed documentation addresses, shared by the harness and the
+/// session tests: client 10.0.0.5, client side 10.0.0.1 announcing 198.51.100.1, server
+/// side 203.0.113.1 announcing 203.0.113.2, 64-byte lines, every rule on.
+pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
+    SessionParams {
+        upstream,
+        client: CLIENT.parse().expect("constant address"),
+        client_side: SideAddrs {
+            address: IpAddr::from([10, 0, 0, 1]),
+            announce: IpAddr::from([198, 51, 100, 1]),
+        },
+        server_side: SideAddrs {
+            address: IpAddr::from([203, 0, 113, 1]),
+            announce: IpAddr::from([203, 0, 113, 2]),
+        },
+        client_source: ClientSource::Gateway,
+        tls: TlsPolicy::Refuse,
+        max_line: 64,
+        allow_privileged_ports: false,
+    }
+}
 
 /// Records the plans of opened channels.
 struct Data {
@@ -84,23 +108,13 @@ pub fn session(input: &[u8]) {
         } else {
             UpstreamKind::Explicit
         },
-        client: CLIENT.parse().unwrap(),
-        client_side: SideAddrs {
-            address: "10.0.0.1".parse().unwrap(),
-            announce: "198.51.100.1".parse().unwrap(),
-        },
-        server_side: SideAddrs {
-            address: "203.0.113.1".parse().unwrap(),
-            announce: "203.0.113.2".parse().unwrap(),
-        },
-        client_source: ClientSource::Gateway,
         tls: if flags & 2 == 0 {
             TlsPolicy::Refuse
         } else {
             TlsPolicy::Passthrough
         },
-        max_line: 128,
         allow_privileged_ports: flags & 4 != 0,
+        ..lab_params(UpstreamKind::Fixed)
     });
     let mut data = Data {
         plans: Vec::new(),

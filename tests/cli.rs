@@ -9,6 +9,15 @@ fn ftpgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ftpgate"))
 }
 
+/// Runs `ftpgate VERB --config FILE` to completion.
+fn ftpgate_on(verb: &str, file: &Path) -> std::process::Output {
+    ftpgate()
+        .args([verb, "--config"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 /// Writes a configuration into a fresh temporary directory (kept alive by the guard).
 fn config_file(name: &str, yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -23,11 +32,7 @@ fn every_shipped_configuration_is_valid() {
     let mut checked = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let out = ftpgate()
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = ftpgate_on("check", &path);
         assert!(
             out.status.success(),
             "{}: {}",
@@ -47,22 +52,14 @@ fn a_bad_configuration_is_named_precisely() {
         "bad.yaml",
         "gateways:\n  - name: x\n    listen: \"127.0.0.1:2121\"\n    upstream: \"h:21\"\n    server_side: { address: 127.0.0.1 }\n    data_ports: \"9-1\"\n",
     );
-    let out = ftpgate()
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = ftpgate_on("check", &file);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(err.contains("gateways[0].data_ports"), "{err}");
     assert!(err.contains("line 6"), "{err}");
     // `run` refuses it the same way, before binding anything.
-    let out = ftpgate()
-        .args(["run", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = ftpgate_on("run", &file);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -74,11 +71,7 @@ fn an_address_in_use_stops_start_up_with_a_clear_error() {
         "busy.yaml",
         &format!("gateways:\n  - name: busy\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:21\"\n    server_side: {{ address: 127.0.0.1 }}\n"),
     );
-    let out = ftpgate()
-        .args(["run", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = ftpgate_on("run", &file);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -3,8 +3,7 @@
 use super::*;
 use crate::rules::Rule;
 
-const CLIENT: &str = "10.0.0.5:40001";
-const SERVER: &str = "192.0.2.10:21";
+use crate::fuzzing::SERVER;
 
 /// Records opened channels; hands out ports from 50000 unless told to fail.
 #[derive(Default)]
@@ -28,22 +27,7 @@ impl DataChannels for MockData {
 }
 
 fn params(upstream: UpstreamKind) -> SessionParams {
-    SessionParams {
-        upstream,
-        client: CLIENT.parse().unwrap(),
-        client_side: SideAddrs {
-            address: "10.0.0.1".parse().unwrap(),
-            announce: "198.51.100.1".parse().unwrap(),
-        },
-        server_side: SideAddrs {
-            address: "203.0.113.1".parse().unwrap(),
-            announce: "203.0.113.2".parse().unwrap(),
-        },
-        client_source: ClientSource::Gateway,
-        tls: TlsPolicy::Refuse,
-        max_line: 64,
-        allow_privileged_ports: false,
-    }
+    crate::fuzzing::lab_params(upstream)
 }
 
 struct Harness {
