@@ -12,7 +12,7 @@ use crate::ftp::hostport::{
 use crate::ftp::line::{clean_line, LineFramer};
 use crate::ftp::reply::ReplyAssembler;
 use crate::session::{
-    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, Event, Session,
+    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DataStats, Event, Session,
     SessionParams, SideAddrs, UpstreamKind,
 };
 
@@ -136,7 +136,11 @@ pub fn session(input: &[u8]) {
                 id,
                 match bytes.len() % 3 {
                     0 => DataEvent::ServerToClientDone,
-                    1 => DataEvent::Finished,
+                    1 => DataEvent::Finished(DataStats {
+                        to_server: 1,
+                        to_client: 2,
+                        seconds: 0.5,
+                    }),
                     _ => DataEvent::Failed("fuzz".into()),
                 },
             ),

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use crate::data::ports::PortPool;
 use crate::rules::Rule;
 use crate::session::{
     Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Event,
-    Session, SessionParams, SideAddrs, UpstreamKind,
+    Session, SessionParams, SideAddrs, TransferRecord, UpstreamKind,
 };
 use crate::telemetry;
 
@@ -125,6 +126,7 @@ pub struct Gateways {
 impl Gateways {
     /// Binds every gateway's listening socket.
     pub async fn bind(config: &Config) -> Result<Self, GatewayError> {
+        telemetry::build_info();
         let admission = Arc::new(Admission::default());
         let mut bound = Vec::new();
         for g in &config.gateways {
@@ -240,6 +242,7 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
     let client_ip = peer.ip().to_canonical();
     if !ctx.cfg.client_allowed(client_ip) {
         telemetry::refused(&ctx.name, Rule::AllowClients);
+        telemetry::session_closed(&ctx.name, "refused");
         tracing::warn!(gateway = %ctx.name, client = %peer, rule = %Rule::AllowClients, "refused control connection");
         return;
     }
@@ -247,6 +250,7 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
         Ok(t) => t,
         Err(limit) => {
             telemetry::refused(&ctx.name, limit);
+            telemetry::session_closed(&ctx.name, "refused");
             tracing::warn!(gateway = %ctx.name, client = %peer, rule = %limit, "session limit reached");
             let _ = stream
                 .write_all(b"421 Too many connections; try again later.\r\n")
@@ -258,6 +262,7 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
         Upstream::Transparent => match transparent_target(&ctx, &stream) {
             Ok(t) => Some(Target::Addr(t)),
             Err(why) => {
+                telemetry::session_closed(&ctx.name, "refused");
                 tracing::warn!(gateway = %ctx.name, client = %peer, %why, "refused transparent connection");
                 let _ = stream.write_all(format!("421 {why}.\r\n").as_bytes()).await;
                 return;
@@ -267,19 +272,35 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
         Upstream::Explicit => None,
     };
     telemetry::session_opened(&ctx.name);
-    let span = tracing::info_span!("session", gateway = %ctx.name, client = %peer);
-    async {
+    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "session",
+        id,
+        gateway = %ctx.name,
+        client = %peer,
+        server = tracing::field::Empty
+    );
+    let outcome = async {
         tracing::info!("session opened");
         match serve(Arc::clone(&ctx), stream, peer, target).await {
-            Ok(()) => tracing::info!("session closed"),
-            Err(e) => tracing::info!(error = %e, "session ended"),
+            Ok(()) => {
+                tracing::info!("session closed");
+                "ok"
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "session ended");
+                "error"
+            }
         }
     }
     .instrument(span)
     .await;
-    telemetry::session_closed(&ctx.name);
+    telemetry::session_closed(&ctx.name, outcome);
     drop(ticket);
 }
+
+/// Session ids, unique in this process, for logs.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Where a session's control connection goes.
 enum Target {
@@ -449,6 +470,8 @@ async fn serve(
                 }
                 Action::Close => finished = true,
                 Action::Refused(rule) => telemetry::refused(&ctx.name, rule),
+                Action::Rewrote(kind) => telemetry::rewrote(&ctx.name, kind.name()),
+                Action::Transfer(record) => log_transfer(&record),
             }
         }
         if finished {
@@ -483,15 +506,19 @@ async fn serve(
                     Ok(stream) => {
                         let addr = stream.peer_addr()?;
                         let _ = stream.set_nodelay(true);
-                        tracing::info!(server = %addr, "connected upstream");
+                        tracing::Span::current().record("server", tracing::field::display(addr));
+                        tracing::info!("connected upstream");
                         server = Some(stream.into_split());
                         OwnedEvent::Connected(addr)
                     }
-                    Err(why) => OwnedEvent::ConnectFailed(why),
+                    Err(why) => {
+                        telemetry::upstream_connect_failed(&ctx.name);
+                        OwnedEvent::ConnectFailed(why)
+                    }
                 }
             },
             Some((id, ev)) = events_rx.recv() => {
-                if matches!(ev, DataEvent::Finished | DataEvent::Failed(_)) {
+                if matches!(ev, DataEvent::Finished(_) | DataEvent::Failed(_)) {
                     data.tasks.remove(&id);
                 }
                 OwnedEvent::Data(id, ev)
@@ -527,6 +554,37 @@ async fn serve(
             }
         };
         actions = session.handle(event, &mut data);
+    }
+}
+
+/// One line per finished transfer, in the spirit of xferlog: the session span carries id,
+/// gateway, client and server; the line adds command, file, direction, mode, bytes, time
+/// and outcome.
+fn log_transfer(r: &TransferRecord) {
+    let direction = if r.upload { "in" } else { "out" };
+    let mode = if r.active { "active" } else { "passive" };
+    match (&r.stats, &r.failure) {
+        (Some(s), _) => tracing::info!(
+            target: "ftpgate::transfer",
+            command = %r.command,
+            file = %r.argument,
+            direction,
+            mode,
+            bytes = if r.upload { s.to_server } else { s.to_client },
+            seconds = s.seconds,
+            outcome = "complete",
+            "transfer"
+        ),
+        (None, failure) => tracing::info!(
+            target: "ftpgate::transfer",
+            command = %r.command,
+            file = %r.argument,
+            direction,
+            mode,
+            outcome = "failed",
+            reason = failure.as_deref().unwrap_or("unknown"),
+            "transfer"
+        ),
     }
 }
 

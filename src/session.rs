@@ -94,9 +94,64 @@ pub enum DataEvent {
     /// server side has closed its sending half.
     ServerToClientDone,
     /// The channel ended normally.
-    Finished,
+    Finished(DataStats),
     /// The channel failed (timeout, refused dial, reset); the reason is for the log.
     Failed(String),
+}
+
+/// What a finished data channel moved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataStats {
+    /// Bytes from the client side to the server side.
+    pub to_server: u64,
+    /// Bytes from the server side to the client side.
+    pub to_client: u64,
+    /// From the peer's arrival to the end of the relay.
+    pub seconds: f64,
+}
+
+impl Eq for DataStats {}
+
+/// Which address-carrying line ftpgate rewrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// A client's PORT/EPRT became a `PORT` to the server.
+    Port,
+    /// A client's PORT/EPRT became an `EPRT` to the server.
+    Eprt,
+    /// A `227` to the client.
+    Reply227,
+    /// A `229` to the client.
+    Reply229,
+}
+
+impl Rewrite {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rewrite::Port => "PORT",
+            Rewrite::Eprt => "EPRT",
+            Rewrite::Reply227 => "227",
+            Rewrite::Reply229 => "229",
+        }
+    }
+}
+
+/// One transfer's record, for the transfer log (in the spirit of xferlog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRecord {
+    /// The transfer command: RETR, STOR, STOU, APPE, LIST, NLST or MLSD.
+    pub command: String,
+    /// Its argument (the file), as sent; may be empty.
+    pub argument: String,
+    /// `true` when data flowed from the client to the server (an upload).
+    pub upload: bool,
+    /// `true` for active mode (PORT/EPRT), `false` for passive.
+    pub active: bool,
+    /// Bytes and time, when the channel finished; `None` when it failed.
+    pub stats: Option<DataStats>,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
 }
 
 /// An input to the session.
@@ -138,6 +193,10 @@ pub enum Action {
     /// A security rule refused or neutralised something (for the refusal counter; the
     /// session has logged it).
     Refused(Rule),
+    /// An address-carrying line was rewritten (for the rewrite counter).
+    Rewrote(Rewrite),
+    /// A transfer ended (for the transfer log).
+    Transfer(TransferRecord),
 }
 
 /// The two addresses of one side of the gateway.
@@ -236,7 +295,20 @@ struct Channel {
     /// Active mode: the server connects to ftpgate, ftpgate dials the client.
     client_active: bool,
     state: ChannelState,
+    /// The transfer command this channel serves, once the client sent it.
+    transfer: Option<(String, String)>,
 }
+
+/// Commands that move data over a data connection; `true` for uploads.
+const TRANSFER_COMMANDS: [(&str, bool); 7] = [
+    ("RETR", false),
+    ("LIST", false),
+    ("NLST", false),
+    ("MLSD", false),
+    ("STOR", true),
+    ("STOU", true),
+    ("APPE", true),
+];
 
 #[derive(Debug)]
 struct Outgoing {
@@ -473,9 +545,36 @@ impl Session {
                 self.cancel_prepared(data);
                 self.forward(line, Awaiting::Other);
             }
-            Command::User(_) | Command::Quit | Command::Other => {
+            Command::Other => {
+                self.note_transfer(&clean);
                 self.forward(line, Awaiting::Other)
             }
+            Command::User(_) | Command::Quit => self.forward(line, Awaiting::Other),
+        }
+    }
+
+    /// A transfer command goes to the newest channel that has none yet.
+    fn note_transfer(&mut self, clean: &[u8]) {
+        let Some(cl) = crate::ftp::command::split_command(clean) else {
+            return;
+        };
+        if !TRANSFER_COMMANDS
+            .iter()
+            .any(|(verb, _)| cl.verb.eq_ignore_ascii_case(verb.as_bytes()))
+        {
+            return;
+        }
+        if let Some(ch) = self
+            .channels
+            .iter_mut()
+            .rev()
+            .find(|c| c.transfer.is_none())
+        {
+            let argument = String::from_utf8_lossy(cl.arg.unwrap_or_default());
+            ch.transfer = Some((
+                String::from_utf8_lossy(cl.verb).to_ascii_uppercase(),
+                argument.chars().take(512).collect(),
+            ));
         }
     }
 
@@ -539,10 +638,16 @@ impl Session {
             }
         };
         let announce = SocketAddr::new(self.p.server_side.announce, port);
-        let command = match announce {
-            SocketAddr::V4(v4) if !ext => format!("PORT {}\r\n", encode_port_arg(v4)),
-            _ => format!("EPRT {}\r\n", encode_eprt_arg(announce)),
+        let (command, kind) = match announce {
+            SocketAddr::V4(v4) if !ext => {
+                (format!("PORT {}\r\n", encode_port_arg(v4)), Rewrite::Port)
+            }
+            _ => (
+                format!("EPRT {}\r\n", encode_eprt_arg(announce)),
+                Rewrite::Eprt,
+            ),
         };
+        self.actions.push(Action::Rewrote(kind));
         tracing::debug!(channel = id, client = %addr, %announce, "active data channel");
         self.forward(command.into_bytes(), Awaiting::Active(id));
     }
@@ -582,6 +687,7 @@ impl Session {
             id,
             client_active,
             state: ChannelState::Waiting,
+            transfer: None,
         });
         self.prepared = Some(id);
         Ok((id, port))
@@ -827,6 +933,11 @@ impl Session {
         };
         let offset = reply.last_text_offset();
         let span = offset + span.start..offset + span.end;
+        self.actions.push(Action::Rewrote(if client_ext {
+            Rewrite::Reply229
+        } else {
+            Rewrite::Reply227
+        }));
         match (client_ext, self.p.client_side.announce) {
             (true, _) if sent_ext => splice(&reply.raw, span, port.to_string().as_bytes()),
             (true, _) => {
@@ -858,15 +969,37 @@ impl Session {
                 }
             }
             DataEvent::ServerToClientDone => self.channels[pos].state = ChannelState::ServerDone,
-            DataEvent::Finished => {
-                self.channels.remove(pos);
+            DataEvent::Finished(stats) => {
+                let ch = self.channels.remove(pos);
+                self.record_transfer(ch, Some(stats), None);
             }
             DataEvent::Failed(reason) => {
                 tracing::info!(channel = id, %reason, "data channel failed");
-                self.drop_channel(id, data);
+                let ch = self.channels.remove(pos);
+                data.cancel(id);
+                if self.prepared == Some(id) {
+                    self.prepared = None;
+                }
+                self.record_transfer(ch, None, Some(reason));
             }
         }
         self.flush();
+    }
+
+    fn record_transfer(&mut self, ch: Channel, stats: Option<DataStats>, failure: Option<String>) {
+        if let Some((command, argument)) = ch.transfer {
+            let upload = TRANSFER_COMMANDS
+                .iter()
+                .any(|(verb, up)| *up && *verb == command);
+            self.actions.push(Action::Transfer(TransferRecord {
+                command,
+                argument,
+                upload,
+                active: ch.client_active,
+                stats,
+                failure,
+            }));
+        }
     }
 
     fn drop_channel(&mut self, id: ChannelId, data: &mut dyn DataChannels) {

@@ -1,10 +1,16 @@
 //! Metric names and log setup, in one place so that dashboards and docs have one source.
 //!
 //! Metrics (Prometheus names):
-//! - `ftpgate_sessions_total{gateway}`: control sessions accepted;
+//! - `ftpgate_sessions_total{gateway,outcome}`: control sessions ended (`ok`, `error`) or
+//!   refused at admission (`refused`);
 //! - `ftpgate_sessions_active{gateway}`: control sessions open now;
 //! - `ftpgate_refusals_total{gateway,reason}`: refusals by the rule that fired;
-//! - `ftpgate_data_channels_failed_total{gateway}`: data channels that ended without relaying;
+//! - `ftpgate_data_channels_total{gateway,mode,outcome}`: data channels ended, by `active`/
+//!   `passive` and `ok`/`failed`;
+//! - `ftpgate_data_setup_seconds{gateway,mode}`: histogram, port announced → both ends up;
+//! - `ftpgate_rewrites_total{gateway,kind}`: `PORT`, `EPRT`, `227`, `229` rewritten;
+//! - `ftpgate_upstream_connect_failures_total{gateway}`: upstream control connects failed;
+//! - `ftpgate_build_info{version}`: 1;
 //! - `ftpgate_relayed_bytes_total{gateway,direction}`: data bytes relayed
 //!   (`direction` = `to_server` or `to_client`);
 //! - `ftpgate_data_ports_in_use{gateway}` and `ftpgate_data_ports{gateway}`: leased data
@@ -12,7 +18,14 @@
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Histogram buckets of `ftpgate_data_setup_seconds`: from 100 µs to the 30 s of the
+/// default `data_accept_timeout`.
+const SETUP_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -55,22 +68,30 @@ pub fn install_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
     })?;
     PrometheusBuilder::new()
         .with_http_listener(addr)
-        .install()
+        .set_buckets_for_metric(
+            Matcher::Full("ftpgate_data_setup_seconds".into()),
+            &SETUP_BUCKETS,
+        )
+        .and_then(|b| b.install())
         .map_err(|e| TelemetryError::Metrics {
             addr,
             message: e.to_string(),
         })
 }
 
-/// A control session was accepted.
+/// A control session was admitted.
 pub fn session_opened(gateway: &str) {
-    metrics::counter!("ftpgate_sessions_total", "gateway" => gateway.to_owned()).increment(1);
     metrics::gauge!("ftpgate_sessions_active", "gateway" => gateway.to_owned()).increment(1.0);
 }
 
-/// A control session ended.
-pub fn session_closed(gateway: &str) {
-    metrics::gauge!("ftpgate_sessions_active", "gateway" => gateway.to_owned()).decrement(1.0);
+/// A control session ended (`outcome`: `ok`, `error`) or was refused (`refused`, without a
+/// matching [`session_opened`]).
+pub fn session_closed(gateway: &str, outcome: &'static str) {
+    if outcome != "refused" {
+        metrics::gauge!("ftpgate_sessions_active", "gateway" => gateway.to_owned()).decrement(1.0);
+    }
+    metrics::counter!("ftpgate_sessions_total", "gateway" => gateway.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// A security rule refused or neutralised something.
@@ -79,10 +100,34 @@ pub fn refused(gateway: &str, rule: Rule) {
         .increment(1);
 }
 
-/// A data channel failed before or while relaying.
-pub fn data_failed(gateway: &str) {
-    metrics::counter!("ftpgate_data_channels_failed_total", "gateway" => gateway.to_owned())
+/// A data channel ended; `mode` is `active` or `passive`.
+pub fn data_channel_done(gateway: &str, mode: &'static str, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    metrics::counter!("ftpgate_data_channels_total", "gateway" => gateway.to_owned(), "mode" => mode, "outcome" => outcome)
         .increment(1);
+}
+
+/// Time from announcing a data port to both ends being connected.
+pub fn data_setup_seconds(gateway: &str, mode: &'static str, seconds: f64) {
+    metrics::histogram!("ftpgate_data_setup_seconds", "gateway" => gateway.to_owned(), "mode" => mode)
+        .record(seconds);
+}
+
+/// An address-carrying line was rewritten.
+pub fn rewrote(gateway: &str, kind: &'static str) {
+    metrics::counter!("ftpgate_rewrites_total", "gateway" => gateway.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// The upstream control connection could not be made.
+pub fn upstream_connect_failed(gateway: &str) {
+    metrics::counter!("ftpgate_upstream_connect_failures_total", "gateway" => gateway.to_owned())
+        .increment(1);
+}
+
+/// The running version, as a constant 1 with labels.
+pub fn build_info() {
+    metrics::gauge!("ftpgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Bytes a finished data channel relayed.

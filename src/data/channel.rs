@@ -15,7 +15,7 @@ use super::ports::PortLease;
 use super::splice::{splice_until_eof, Pipe};
 use crate::config::RelayMode;
 use crate::rules::Rule;
-use crate::session::{ChannelId, DataEvent, DataPlan, DialSource, Side};
+use crate::session::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Side};
 use crate::sys;
 use crate::telemetry;
 
@@ -71,21 +71,24 @@ pub async fn run(
     plan: DataPlan,
     ctx: ChannelContext,
 ) {
-    let started = Instant::now();
-    let outcome = establish_and_relay(id, listener, lease, &plan, &ctx).await;
+    let mode = match plan.listener_faces {
+        Side::Client => "passive",
+        Side::Server => "active",
+    };
+    let outcome = establish_and_relay(id, listener, lease, &plan, &ctx, mode).await;
+    telemetry::data_channel_done(&ctx.gateway, mode, outcome.is_ok());
     let event = match outcome {
-        Ok((up, down)) => {
-            tracing::info!(
+        Ok(stats) => {
+            tracing::debug!(
                 channel = id,
-                bytes_to_server = up,
-                bytes_to_client = down,
-                seconds = started.elapsed().as_secs_f64(),
+                bytes_to_server = stats.to_server,
+                bytes_to_client = stats.to_client,
+                seconds = stats.seconds,
                 "data channel finished"
             );
-            DataEvent::Finished
+            DataEvent::Finished(stats)
         }
         Err(e) => {
-            telemetry::data_failed(&ctx.gateway);
             if let ChannelError::AcceptTimeout { .. } = e {
                 telemetry::refused(&ctx.gateway, Rule::DataAcceptTimeout);
             }
@@ -102,7 +105,9 @@ async fn establish_and_relay(
     lease: PortLease,
     plan: &DataPlan,
     ctx: &ChannelContext,
-) -> Result<(u64, u64), ChannelError> {
+    mode: &'static str,
+) -> Result<DataStats, ChannelError> {
+    let opened = Instant::now();
     let accept = accept_expected(&listener, plan.expect_peer, ctx);
     let (client, server) = match plan.listener_faces {
         // Passive: connect to the server's data port while the client is on its way, as a
@@ -117,9 +122,16 @@ async fn establish_and_relay(
     drop(listener);
     drop(lease);
     let _ = ctx.events.send((id, DataEvent::Established));
-    relay(id, client, server, ctx)
+    let established = Instant::now();
+    telemetry::data_setup_seconds(&ctx.gateway, mode, (established - opened).as_secs_f64());
+    let (to_server, to_client) = relay(id, client, server, ctx)
         .await
-        .map_err(ChannelError::Relay)
+        .map_err(ChannelError::Relay)?;
+    Ok(DataStats {
+        to_server,
+        to_client,
+        seconds: established.elapsed().as_secs_f64(),
+    })
 }
 
 /// Dials the plan's target within the channel timeout.
@@ -355,7 +367,12 @@ mod tests {
             ch.events.recv().await,
             Some((7, DataEvent::ServerToClientDone))
         );
-        assert_eq!(ch.events.recv().await, Some((7, DataEvent::Finished)));
+        match ch.events.recv().await {
+            Some((7, DataEvent::Finished(stats))) => {
+                assert_eq!((stats.to_server, stats.to_client), (3_000_000, 5_000_000));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

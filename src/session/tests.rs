@@ -35,6 +35,10 @@ struct Harness {
     data: MockData,
     /// Rules that fired, in order (taken out of the returned actions).
     refused: Vec<Rule>,
+    /// Rewrites reported, in order (taken out of the returned actions).
+    rewrites: Vec<Rewrite>,
+    /// Transfer records, in order (taken out of the returned actions).
+    transfers: Vec<TransferRecord>,
 }
 
 impl Harness {
@@ -54,6 +58,8 @@ impl Harness {
             s: Session::new(p),
             data: MockData::default(),
             refused: Vec::new(),
+            rewrites: Vec::new(),
+            transfers: Vec::new(),
         }
     }
 
@@ -62,6 +68,14 @@ impl Harness {
         out.retain(|a| match a {
             Action::Refused(rule) => {
                 self.refused.push(*rule);
+                false
+            }
+            Action::Rewrote(kind) => {
+                self.rewrites.push(*kind);
+                false
+            }
+            Action::Transfer(record) => {
+                self.transfers.push(record.clone());
                 false
             }
             _ => true,
@@ -284,7 +298,12 @@ fn active_150_waits_for_the_client_connection_and_226_for_the_data() {
         h.data_ev(1, DataEvent::ServerToClientDone),
         vec![to_client("226 Done\r\n")]
     );
-    assert!(h.data_ev(1, DataEvent::Finished).is_empty());
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 4321,
+        seconds: 0.25,
+    };
+    assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
     assert!(!h.s.has_data_channels());
 }
 
@@ -504,4 +523,50 @@ fn direction_addresses_count_only_from_their_own_side() {
     assert_eq!(h.client(line), vec![Action::ToServer(line.to_vec())]);
     h.server(b"500 Unknown command\r\n");
     assert!(h.data.opened.is_empty());
+}
+
+#[test]
+fn transfers_are_recorded_with_their_command_file_and_bytes() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"STOR dir/report 2026.csv\r\n");
+    h.data_ev(1, DataEvent::Established);
+    let stats = DataStats {
+        to_server: 1000,
+        to_client: 0,
+        seconds: 0.5,
+    };
+    h.data_ev(1, DataEvent::Finished(stats));
+    h.client(b"PORT 10,0,0,5,4,1\r\n");
+    h.server(b"200 ok\r\n");
+    h.client(b"RETR gone\r\n");
+    h.data_ev(2, DataEvent::Failed("reset".into()));
+    assert_eq!(
+        h.transfers,
+        vec![
+            TransferRecord {
+                command: "STOR".into(),
+                argument: "dir/report 2026.csv".into(),
+                upload: true,
+                active: false,
+                stats: Some(stats),
+                failure: None,
+            },
+            TransferRecord {
+                command: "RETR".into(),
+                argument: "gone".into(),
+                upload: false,
+                active: true,
+                stats: None,
+                failure: Some("reset".into()),
+            },
+        ]
+    );
+    assert_eq!(h.rewrites, vec![Rewrite::Reply227, Rewrite::Port]);
+    // A channel that served no transfer leaves no record.
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.data_ev(3, DataEvent::Failed("timeout".into()));
+    assert_eq!(h.transfers.len(), 2);
 }

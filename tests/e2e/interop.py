@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures
 import datetime
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -221,10 +220,9 @@ class Matrix:
         deadline = time.time() + timeout
         in_use = active = None
         while time.time() < deadline:
-            r = self.topo.run("rtr", ["curl", "-s", "http://10.0.0.1:9464/metrics"],
-                              capture_output=True, text=True)
-            in_use = metric(r.stdout, "ftpgate_data_ports_in_use", gateway)
-            active = metric(r.stdout, "ftpgate_sessions_active", gateway)
+            samples = lab.scrape(self.topo, "http://10.0.0.1:9464/metrics")
+            in_use = lab.metric(samples, "ftpgate_data_ports_in_use", gateway=gateway)
+            active = lab.metric(samples, "ftpgate_sessions_active", gateway=gateway)
             if in_use == 0 and active == 0:
                 break
             time.sleep(0.5)
@@ -249,11 +247,6 @@ class Matrix:
         return ("ftpgate %d/%d cells ok; kernel helper %d/%d cells ok; checks %d/%d ok"
                 % (ftpgate.count(True), len(ftpgate), kernel.count(True), len(kernel),
                    sum(1 for c in self.checks if c[1]), len(self.checks)))
-
-
-def metric(text, name, gateway):
-    m = re.search(r'^%s\{gateway="%s"\} (\S+)$' % (name, re.escape(gateway)), text, re.M)
-    return float(m.group(1)) if m else None
 
 
 def versions():

@@ -234,6 +234,7 @@ SERVERS = {cls.name: cls for cls in (Vsftpd, PureFtpd, PyFtpd)}
 class Ftpgate:
     def __init__(self, topo, binary, config, name, listen):
         self.topo = topo
+        self.log = os.path.join(topo.work, "ftpgate-%s.log" % name)
         self.proc = topo.spawn("rtr", [binary, "run", "--config", os.path.join(REPO, config)],
                                "ftpgate-%s.log" % name)
         host, port = listen.rsplit(":", 1)
@@ -384,3 +385,24 @@ def run_cell(topo, tag, client, path, server, timeout=20, down=("down.bin", None
     if not os.path.exists(stored) or sha256_file(stored) != up_sha:
         return False, "STOR: SHA-256 mismatch or missing"
     return True, "LIST, RETR %d B, STOR %d B: SHA-256 ok" % (os.path.getsize(got), UP_SIZE)
+
+
+def scrape(topo, url="http://127.0.0.1:9464/metrics"):
+    """ftpgate's metrics from inside the router: {(name, frozenset(labels)): value}."""
+    text = topo.run("rtr", ["curl", "-s", url], capture_output=True, text=True).stdout
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        name, _, labels = head.partition("{")
+        pairs = frozenset(tuple(kv.split("=", 1)) for kv in labels.rstrip("}").split(",") if kv)
+        samples[(name, frozenset((k, v.strip('"')) for k, v in pairs))] = float(value)
+    return samples
+
+
+def metric(samples, name, **labels):
+    """The sum of every sample of NAME whose labels include LABELS (None if there is none)."""
+    want = set(labels.items())
+    found = [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
+    return sum(found) if found else None

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import lab
 
@@ -72,11 +73,42 @@ def main():
                 group, name, client.label, "ok" if expect_ok(client) else "fail",
                 {True: "ok", False: "fail", None: "?"}[ok], detail), flush=True)
 
+    def check(name, ok, detail):
+        results.append(ok)
+        print("%-8s %-9s %-10s %-23s %s" % ("metrics", name, "", "ok" if ok else "FAIL", detail),
+              flush=True)
+
+    def check_metrics(name):
+        """After the cells: the counters moved by exactly what the cells did (every cell
+        stored one file and retrieved one, plus a listing; one rewrite per data channel)."""
+        time.sleep(0.3)
+        m = lab.scrape(topo)
+        cells = len(CLIENTS)
+        up = lab.metric(m, "ftpgate_relayed_bytes_total", direction="to_server")
+        down = lab.metric(m, "ftpgate_relayed_bytes_total", direction="to_client")
+        check(name, up == cells * lab.UP_SIZE, "to_server %s = %d STORs of %d B" % (up, cells, lab.UP_SIZE))
+        check(name, down is not None and 0 <= down - cells * lab.DOWN_SIZE < 65536,
+              "to_client %s = %d RETRs of %d B + listings" % (down, cells, lab.DOWN_SIZE))
+        channels = lab.metric(m, "ftpgate_data_channels_total", outcome="ok")
+        check(name, channels == 3 * cells, "data channels ok %s (3 per cell)" % channels)
+        rewrites = lab.metric(m, "ftpgate_rewrites_total")
+        check(name, rewrites == 3 * cells, "rewrites %s (one per data channel)" % rewrites)
+        idle = (lab.metric(m, "ftpgate_sessions_active"), lab.metric(m, "ftpgate_data_ports_in_use"))
+        check(name, idle == (0, 0), "sessions active, data ports in use: %s" % (idle,))
+
     def through_ftpgate(name, config, listen, path, server, files=(), text=None):
         topo.router_rules(text=text, files=files)
         gw = lab.Ftpgate(topo, args.ftpgate, config, name, listen)
         run_cells("ftpgate", name, path, server, CLIENTS, lambda c: True)
+        check_metrics(name)
         gw.stop()
+        with open(gw.log, errors="replace") as f:
+            log = f.read()
+        transfers = [l for l in log.splitlines() if "ftpgate::transfer" in l and "complete" in l]
+        check(name, len(transfers) == 3 * len(CLIENTS),
+              "%d transfer log lines (one per data transfer)" % len(transfers))
+        # Clients log in with password "guest": it must never reach the log.
+        check(name, "guest" not in log, "the password never appears in the log")
 
     try:
         topo.up()
