@@ -438,6 +438,8 @@ pub struct Limits {
     pub data_accept_timeout: HumanDuration,
     /// Longest client control line, CRLF included.
     pub max_line: usize,
+    /// After SIGTERM/SIGINT, open sessions and transfers get this long to finish.
+    pub shutdown_grace: HumanDuration,
 }
 
 impl Default for Limits {
@@ -448,6 +450,7 @@ impl Default for Limits {
             idle_timeout: HumanDuration(Duration::from_secs(15 * 60)),
             data_accept_timeout: HumanDuration(Duration::from_secs(30)),
             max_line: 2048,
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
         }
     }
 }

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
 use crate::config::{Config, GatewayConfig, Limits, Upstream};
@@ -117,66 +118,156 @@ struct GatewayContext {
     listen_addr: SocketAddr,
 }
 
-/// All configured gateways, bound and ready to serve.
+/// A gateway that is serving: its accept loop, and the context new sessions start with.
+struct Serving {
+    /// The configured listen address (what a reload compares).
+    listen: SocketAddr,
+    ctx: Arc<ArcSwap<GatewayContext>>,
+    accept: JoinHandle<()>,
+}
+
+/// A gateway of a new configuration, checked and bound but not yet serving.
+enum Prepared {
+    /// Same name and listen address as the serving gateway at this index.
+    Keep(usize, GatewayContext),
+    /// A new listener.
+    Start(TcpListener, GatewayContext),
+}
+
+/// The configured gateways, serving.
 pub struct Gateways {
-    bound: Vec<(TcpListener, Arc<GatewayContext>)>,
+    serving: Vec<Serving>,
     admission: Arc<Admission>,
 }
 
 impl Gateways {
-    /// Binds every gateway's listening socket.
-    pub async fn bind(config: &Config) -> Result<Self, GatewayError> {
+    /// Binds every gateway's listening socket and starts accepting.
+    pub async fn start(config: &Config) -> Result<Self, GatewayError> {
         telemetry::build_info();
-        let admission = Arc::new(Admission::default());
-        let mut bound = Vec::new();
+        let mut gateways = Self {
+            serving: Vec::new(),
+            admission: Arc::new(Admission::default()),
+        };
+        let prepared = gateways.prepare(config)?;
+        gateways.commit(prepared);
+        Ok(gateways)
+    }
+
+    /// Applies a new configuration. New and moved listeners are bound first, so that any
+    /// failure leaves everything as it was; gateways that stay get the new settings for
+    /// their new sessions; removed ones stop accepting. Live sessions and transfers keep
+    /// the settings they started with.
+    pub fn reload(&mut self, config: &Config) -> Result<(), GatewayError> {
+        let prepared = self.prepare(config)?;
+        self.commit(prepared);
+        Ok(())
+    }
+
+    fn prepare(&self, config: &Config) -> Result<Vec<Prepared>, GatewayError> {
+        let mut prepared = Vec::new();
         for g in &config.gateways {
-            let err = |error| GatewayError::Bind {
-                name: g.name.clone(),
-                addr: g.listen,
-                error,
-            };
-            let listener = bind_control(g).map_err(err)?;
-            let listen_addr = listener.local_addr().map_err(err)?;
+            let kept = self
+                .serving
+                .iter()
+                .position(|s| s.listen == g.listen && s.ctx.load().cfg.name == g.name);
             let name: Arc<str> = Arc::from(g.name.as_str());
-            let ctx = GatewayContext {
+            let transparent = g.upstream == Upstream::Transparent;
+            let context = |listen_addr, pool| GatewayContext {
                 cfg: g.clone(),
-                pool: PortPool::new(
-                    Arc::clone(&name),
-                    g.data_ports,
-                    g.upstream == Upstream::Transparent,
-                ),
-                name,
+                name: Arc::clone(&name),
                 limits: config.limits.clone(),
-                admission: Arc::clone(&admission),
+                pool,
+                admission: Arc::clone(&self.admission),
                 listen_addr,
             };
-            bound.push((listener, Arc::new(ctx)));
+            prepared.push(match kept {
+                Some(i) => {
+                    let old = self.serving[i].ctx.load();
+                    // Leases of live sessions stay valid: the pool survives if unchanged.
+                    let pool = if old.cfg.data_ports == g.data_ports
+                        && old.pool.transparent() == transparent
+                    {
+                        Arc::clone(&old.pool)
+                    } else {
+                        PortPool::new(Arc::clone(&name), g.data_ports, transparent)
+                    };
+                    Prepared::Keep(i, context(old.listen_addr, pool))
+                }
+                None => {
+                    let err = |error| GatewayError::Bind {
+                        name: g.name.clone(),
+                        addr: g.listen,
+                        error,
+                    };
+                    let listener = bind_control(g).map_err(err)?;
+                    let local = listener.local_addr().map_err(err)?;
+                    let pool = PortPool::new(Arc::clone(&name), g.data_ports, transparent);
+                    Prepared::Start(listener, context(local, pool))
+                }
+            });
         }
-        Ok(Self { bound, admission })
+        Ok(prepared)
+    }
+
+    fn commit(&mut self, prepared: Vec<Prepared>) {
+        let mut old: Vec<Option<Serving>> = self.serving.drain(..).map(Some).collect();
+        for p in prepared {
+            let (serving, what) = match p {
+                Prepared::Keep(i, ctx) => {
+                    let Some(serving) = old[i].take() else {
+                        continue;
+                    };
+                    serving.ctx.store(Arc::new(ctx));
+                    (serving, "gateway updated")
+                }
+                Prepared::Start(listener, ctx) => {
+                    let listen = ctx.cfg.listen;
+                    let ctx = Arc::new(ArcSwap::from_pointee(ctx));
+                    let accept = tokio::spawn(accept_loop(listener, Arc::clone(&ctx)));
+                    (
+                        Serving {
+                            listen,
+                            ctx,
+                            accept,
+                        },
+                        "gateway listening",
+                    )
+                }
+            };
+            let ctx = serving.ctx.load();
+            tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, "{what}");
+            if ctx.cfg.allow_privileged_ports {
+                tracing::warn!(gateway = %ctx.name, "allow_privileged_ports is on: data ports below 1024 are accepted (DESIGN.md rule 4 relaxed)");
+            }
+            self.serving.push(serving);
+        }
+        for gone in old.into_iter().flatten() {
+            gone.accept.abort();
+            tracing::info!(gateway = %gone.ctx.load().name, "gateway removed; its open sessions continue");
+        }
     }
 
     /// The bound control addresses, by gateway name (useful with port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.bound
+        self.serving
             .iter()
-            .map(|(_, ctx)| (ctx.cfg.name.clone(), ctx.listen_addr))
+            .map(|s| {
+                let ctx = s.ctx.load();
+                (ctx.cfg.name.clone(), ctx.listen_addr)
+            })
             .collect()
     }
 
-    /// Serves until `shutdown` becomes true, then stops accepting and waits up to `grace`
-    /// for open sessions to end.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
-        let mut accept_loops = Vec::new();
-        for (listener, ctx) in self.bound {
-            tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, "gateway listening");
-            if ctx.cfg.allow_privileged_ports {
-                tracing::warn!(gateway = %ctx.name, "allow_privileged_ports is on: data ports below 1024 are accepted (DESIGN.md rule 4 relaxed)");
-            }
-            accept_loops.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone())));
-        }
-        stopped(&mut shutdown).await;
-        for l in accept_loops {
-            l.abort();
+    /// Open control sessions, all gateways together.
+    pub fn active_sessions(&self) -> usize {
+        self.admission.active()
+    }
+
+    /// Stops accepting, then waits up to `grace` for open sessions (and their transfers)
+    /// to end. Whatever is still open after that is closed when the runtime stops.
+    pub async fn shutdown(self, grace: Duration) {
+        for s in &self.serving {
+            s.accept.abort();
         }
         let deadline = tokio::time::Instant::now() + grace;
         while self.admission.active() > 0 && tokio::time::Instant::now() < deadline {
@@ -187,11 +278,6 @@ impl Gateways {
             tracing::warn!(sessions = left, "grace period over; closing open sessions");
         }
     }
-}
-
-/// Resolves once shutdown was requested (or the sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
@@ -216,25 +302,18 @@ fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<GatewayContext>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<ArcSwap<GatewayContext>>) {
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::error!(gateway = %ctx.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(admit(Arc::clone(&ctx), stream, peer));
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(admit(ctx.load_full(), stream, peer));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::error!(gateway = %ctx.load().name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

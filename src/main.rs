@@ -2,16 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ftpgate::config::Config;
+use ftpgate::config::{Config, EMBEDDED_NAME};
 use ftpgate::gateway::Gateways;
-use tokio::sync::watch;
-
-/// How long open sessions may take to finish after SIGTERM/SIGINT.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+use sd_notify::NotifyState;
 
 #[derive(Parser)]
 #[command(
@@ -75,34 +71,66 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(async {
-        if let Some(m) = &config.metrics {
-            ftpgate::telemetry::install_metrics(m.listen)?;
-        }
-        let gateways = Gateways::bind(&config).await?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: no new sessions; waiting for open ones");
-            let _ = stop_tx.send(true);
-        });
-        tracing::info!(config = %path.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()), "ftpgate ready");
-        gateways.run(stop_rx, SHUTDOWN_GRACE).await;
-        Ok(())
-    })
+    runtime.block_on(serve(config, path))
 }
 
-async fn wait_for_signal() {
+/// Serves until SIGTERM/SIGINT; SIGHUP re-reads the configuration.
+async fn serve(mut config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    if let Some(m) = &config.metrics {
+        ftpgate::telemetry::install_metrics(m.listen)?;
+    }
+    let mut gateways = Gateways::start(&config).await?;
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+    );
+    let source = path
+        .as_ref()
+        .map_or_else(|| EMBEDDED_NAME.to_owned(), |p| p.display().to_string());
+    tracing::info!(config = %source, "ftpgate ready");
+    systemd(&[NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                systemd(&[NotifyState::Reloading]);
+                match load(path.as_ref()) {
+                    Ok(new) => match gateways.reload(&new) {
+                        Ok(()) => {
+                            if new.metrics.as_ref().map(|m| m.listen) != config.metrics.as_ref().map(|m| m.listen)
+                                || new.log.format != config.log.format
+                                || new.log.level != config.log.level
+                            {
+                                tracing::warn!("metrics and log settings change only on restart");
+                            }
+                            tracing::info!(config = %source, "configuration reloaded");
+                            config = new;
+                        }
+                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+                    },
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+                }
+                systemd(&[NotifyState::Ready]);
+            }
+        }
+    }
+    systemd(&[NotifyState::Stopping]);
+    let grace = config.limits.shutdown_grace.0;
+    tracing::info!(
+        sessions = gateways.active_sessions(),
+        grace = %humantime::format_duration(grace),
+        "shutting down: no new sessions; waiting for open ones"
+    );
+    gateways.shutdown(grace).await;
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) what is happening; nothing when not run by systemd.
+fn systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }

@@ -78,6 +78,11 @@ impl PortPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether listeners get `IP_TRANSPARENT`.
+    pub fn transparent(&self) -> bool {
+        self.transparent
+    }
+
     /// Ports currently leased.
     pub fn leased(&self) -> usize {
         self.lock().leased

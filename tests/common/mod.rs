@@ -102,9 +102,11 @@ impl Gateway {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let gw = ftpgate::gateway::Gateways::bind(&config).await.unwrap();
+                let gw = ftpgate::gateway::Gateways::start(&config).await.unwrap();
                 addrs_tx.send(gw.local_addrs()).unwrap();
-                gw.run(stop_rx, Duration::from_secs(5)).await;
+                let mut stop_rx = stop_rx;
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+                gw.shutdown(Duration::from_secs(5)).await;
             });
         });
         let addrs = addrs_rx.recv().expect("gateway started");

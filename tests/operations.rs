@@ -1,0 +1,215 @@
+//! Operating the `ftpgate` binary: SIGHUP reload during a transfer, a broken
+//! configuration on reload, SIGTERM during a transfer.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{data_ports, random_file, require, sha256, Control, PyFtpd};
+
+/// The binary, running, with its log lines collected.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let running = Self { child, log };
+        running.wait_for("ftpgate ready");
+        running
+    }
+
+    /// Waits (10 s at most) until a log line contains `text`, counting only lines that
+    /// came after `skip` lines.
+    fn wait_for_after(&self, skip: usize, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .any(|l| l.contains(text))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no log line with {text:?}:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    fn wait_for(&self, text: &str) {
+        self.wait_for_after(0, text);
+    }
+
+    fn lines(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn gateway(name: &str, port: u16, server_port: u16) -> String {
+    format!(
+        "  - name: {name}\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:{server_port}\"\n    server_side: {{ address: 127.0.0.1 }}\n    data_ports: \"{}\"\n",
+        data_ports(20)
+    )
+}
+
+fn write_config(path: &Path, gateways: &[String]) {
+    let text = format!(
+        "gateways:\n{}limits:\n  shutdown_grace: 20s\nlog:\n  level: info\n",
+        gateways.concat()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// A rate-limited download through `port`, in the background.
+fn slow_download(port: u16, out: &Path) -> Child {
+    require("curl");
+    Command::new("curl")
+        .args(["-sS", "--limit-rate", "4M", "--max-time", "60", "-o"])
+        .arg(out)
+        .arg(format!("ftp://127.0.0.1:{port}/big.bin"))
+        .spawn()
+        .unwrap()
+}
+
+fn server_with_big_file() -> (PyFtpd, String) {
+    let server = PyFtpd::start(&[]);
+    let sha = random_file(&server.file("big.bin"), 12 * 1024 * 1024, 11);
+    (server, sha)
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[test]
+fn reload_applies_to_new_sessions_and_leaves_transfers_alone() {
+    let (server, sha) = server_with_big_file();
+    let dir = tempfile::tempdir().unwrap();
+    let config: PathBuf = dir.path().join("ftpgate.yaml");
+    let (p1, p2) = (free_port(), free_port());
+    write_config(&config, &[gateway("a", p1, server.port)]);
+    let gw = Running::start(&config);
+
+    let out = dir.path().join("during-reload.bin");
+    let mut transfer = slow_download(p1, &out);
+    std::thread::sleep(Duration::from_millis(700));
+
+    // Add a gateway: it serves at once, and the transfer goes on.
+    write_config(
+        &config,
+        &[gateway("a", p1, server.port), gateway("b", p2, server.port)],
+    );
+    let mark = gw.lines();
+    gw.signal("HUP");
+    gw.wait_for_after(mark, "configuration reloaded");
+    let mut c = Control::connect(local(p2));
+    c.login();
+    assert!(c.cmd("NOOP").starts_with("200"));
+
+    // A broken configuration is refused; both gateways keep serving.
+    std::fs::write(&config, "gateways:\n  - name: a\n    listen: nowhere\n").unwrap();
+    let mark = gw.lines();
+    gw.signal("HUP");
+    gw.wait_for_after(mark, "reload failed; keeping the running configuration");
+    for port in [p1, p2] {
+        let mut c = Control::connect(local(port));
+        c.login();
+        assert!(c.cmd("NOOP").starts_with("200"));
+    }
+
+    // Removing a gateway stops its listener; its open session goes on.
+    write_config(&config, &[gateway("a", p1, server.port)]);
+    let mark = gw.lines();
+    gw.signal("HUP");
+    gw.wait_for_after(mark, "gateway removed");
+    assert!(std::net::TcpStream::connect(local(p2)).is_err());
+    assert!(
+        c.cmd("NOOP").starts_with("200"),
+        "the removed gateway's session lives on"
+    );
+
+    assert!(transfer.wait().unwrap().success());
+    assert_eq!(
+        sha256(&out),
+        sha,
+        "the transfer across three reloads is intact"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_running_transfer_finish() {
+    let (server, sha) = server_with_big_file();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ftpgate.yaml");
+    let port = free_port();
+    write_config(&config, &[gateway("a", port, server.port)]);
+    let mut gw = Running::start(&config);
+    let out = dir.path().join("during-shutdown.bin");
+    let mut transfer = slow_download(port, &out);
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    gw.signal("TERM");
+    gw.wait_for("shutting down");
+    // No new sessions...
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while std::net::TcpStream::connect(local(port)).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::net::TcpStream::connect(local(port)).is_err());
+    // ...but the transfer completes, and then ftpgate exits 0 within the grace period.
+    assert!(transfer.wait().unwrap().success());
+    assert_eq!(sha256(&out), sha);
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
