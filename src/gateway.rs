@@ -221,6 +221,7 @@ impl Gateways {
                     (serving, "gateway updated")
                 }
                 Prepared::Start(listener, ctx) => {
+                    telemetry::gateway_started(&ctx.name);
                     let listen = ctx.cfg.listen;
                     let ctx = Arc::new(ArcSwap::from_pointee(ctx));
                     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&ctx)));

@@ -148,3 +148,32 @@ pub fn data_ports_in_use(gateway: &str, leased: usize) {
 pub fn data_ports_size(gateway: &str, size: usize) {
     metrics::gauge!("ftpgate_data_ports", "gateway" => gateway.to_owned()).set(size as f64);
 }
+
+/// Creates every labelled series of a gateway at zero, so that dashboards and alerts see
+/// `0` rather than no data before the first event.
+pub fn gateway_started(gateway: &str) {
+    let g = || gateway.to_owned();
+    for outcome in ["ok", "error", "refused"] {
+        metrics::counter!("ftpgate_sessions_total", "gateway" => g(), "outcome" => outcome)
+            .increment(0);
+    }
+    for rule in Rule::ALL {
+        metrics::counter!("ftpgate_refusals_total", "gateway" => g(), "reason" => rule.name())
+            .increment(0);
+    }
+    for mode in ["active", "passive"] {
+        for outcome in ["ok", "failed"] {
+            metrics::counter!("ftpgate_data_channels_total", "gateway" => g(), "mode" => mode, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    for kind in ["PORT", "EPRT", "227", "229"] {
+        metrics::counter!("ftpgate_rewrites_total", "gateway" => g(), "kind" => kind).increment(0);
+    }
+    for direction in ["to_server", "to_client"] {
+        metrics::counter!("ftpgate_relayed_bytes_total", "gateway" => g(), "direction" => direction)
+            .increment(0);
+    }
+    metrics::counter!("ftpgate_upstream_connect_failures_total", "gateway" => g()).increment(0);
+    metrics::gauge!("ftpgate_sessions_active", "gateway" => g()).increment(0.0);
+}

@@ -3,97 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{data_ports, random_file, require, sha256, Control, PyFtpd};
-
-/// The binary, running, with its log lines collected.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ftpgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let running = Self { child, log };
-        running.wait_for("ftpgate ready");
-        running
-    }
-
-    /// Waits (10 s at most) until a log line contains `text`, counting only lines that
-    /// came after `skip` lines.
-    fn wait_for_after(&self, skip: usize, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .skip(skip)
-                .any(|l| l.contains(text))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no log line with {text:?}:\n{}",
-            self.log.lock().unwrap().join("\n")
-        );
-    }
-
-    fn wait_for(&self, text: &str) {
-        self.wait_for_after(0, text);
-    }
-
-    fn lines(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{data_ports, free_port, random_file, require, sha256, Control, PyFtpd, Running};
 
 fn gateway(name: &str, port: u16, server_port: u16) -> String {
     format!(

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -387,4 +388,93 @@ impl Scripted {
     pub fn received(&self) -> Vec<String> {
         self.received.lock().unwrap().clone()
     }
+}
+
+/// The binary, running, with its log lines collected.
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts `ftpgate run --config CONFIG` and waits until it is ready.
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let running = Self { child, log };
+        running.wait_for("ftpgate ready");
+        running
+    }
+
+    /// Waits (10 s at most) until a log line contains `text`, counting only lines that
+    /// came after `skip` lines.
+    pub fn wait_for_after(&self, skip: usize, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .any(|l| l.contains(text))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no log line with {text:?}:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    /// Waits (10 s at most) for a log line containing `text`.
+    pub fn wait_for(&self, text: &str) {
+        self.wait_for_after(0, text);
+    }
+
+    /// Log lines so far.
+    pub fn lines(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
