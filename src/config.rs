@@ -62,8 +62,19 @@ pub struct Config {
     /// Prometheus exporter; absent means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// Local admin socket for `ftpgate sessions`; absent means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The local admin socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Path of the Unix socket (created with mode 0600).
+    pub socket: std::path::PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +85,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    admin: Option<AdminConfig>,
     #[serde(default)]
     log: LogConfig,
 }
@@ -600,6 +613,7 @@ impl Config {
             gateways,
             limits: raw.limits,
             metrics: raw.metrics,
+            admin: raw.admin,
             log: raw.log,
         })
     }

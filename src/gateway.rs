@@ -19,13 +19,14 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
+use crate::admin::{Entry, Registry};
 use crate::config::{Config, GatewayConfig, Limits, Upstream};
 use crate::data::channel::{self, ChannelContext};
 use crate::data::ports::PortPool;
 use crate::rules::Rule;
 use crate::session::{
     Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Event,
-    Session, SessionParams, SideAddrs, TransferRecord, UpstreamKind,
+    Session, SessionParams, Side, SideAddrs, TransferRecord, UpstreamKind,
 };
 use crate::telemetry;
 
@@ -115,6 +116,7 @@ struct GatewayContext {
     limits: Limits,
     pool: Arc<PortPool>,
     admission: Arc<Admission>,
+    registry: Arc<Registry>,
     listen_addr: SocketAddr,
 }
 
@@ -138,6 +140,7 @@ enum Prepared {
 pub struct Gateways {
     serving: Vec<Serving>,
     admission: Arc<Admission>,
+    registry: Arc<Registry>,
 }
 
 impl Gateways {
@@ -147,6 +150,7 @@ impl Gateways {
         let mut gateways = Self {
             serving: Vec::new(),
             admission: Arc::new(Admission::default()),
+            registry: Arc::new(Registry::default()),
         };
         let prepared = gateways.prepare(config)?;
         gateways.commit(prepared);
@@ -178,6 +182,7 @@ impl Gateways {
                 limits: config.limits.clone(),
                 pool,
                 admission: Arc::clone(&self.admission),
+                registry: Arc::clone(&self.registry),
                 listen_addr,
             };
             prepared.push(match kept {
@@ -257,6 +262,11 @@ impl Gateways {
                 (ctx.cfg.name.clone(), ctx.listen_addr)
             })
             .collect()
+    }
+
+    /// The live sessions, for the admin socket.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
     }
 
     /// Open control sessions, all gateways together.
@@ -360,9 +370,10 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
         client = %peer,
         server = tracing::field::Empty
     );
+    let entry = ctx.registry.open(id, Arc::clone(&ctx.name), peer);
     let outcome = async {
         tracing::info!("session opened");
-        match serve(Arc::clone(&ctx), stream, peer, target).await {
+        match serve(Arc::clone(&ctx), stream, peer, target, entry).await {
             Ok(()) => {
                 tracing::info!("session closed");
                 "ok"
@@ -446,6 +457,7 @@ struct SessionData {
     ctx: Arc<GatewayContext>,
     channel_ctx: ChannelContext,
     tasks: HashMap<ChannelId, AbortHandle>,
+    entry: Entry,
 }
 
 impl DataChannels for SessionData {
@@ -459,6 +471,8 @@ impl DataChannels for SessionData {
                 .instrument(tracing::Span::current()),
         );
         self.tasks.insert(id, task.abort_handle());
+        self.entry
+            .channel_opened(id, plan.listener_faces == Side::Server, port);
         tracing::debug!(channel = id, port, ?plan, "data channel opened");
         Ok(port)
     }
@@ -467,6 +481,7 @@ impl DataChannels for SessionData {
         if let Some(task) = self.tasks.remove(&id) {
             task.abort();
         }
+        self.entry.channel_closed(id);
     }
 }
 
@@ -486,6 +501,7 @@ async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     target: Option<Target>,
+    entry: Entry,
 ) -> io::Result<()> {
     let cfg = &ctx.cfg;
     let _ = client.set_nodelay(true);
@@ -519,6 +535,7 @@ async fn serve(
             relay: cfg.relay,
         },
         tasks: HashMap::new(),
+        entry,
     };
     let from = cfg.server_side.address;
     let mut connecting: Option<Connecting> =
@@ -587,6 +604,7 @@ async fn serve(
                         let addr = stream.peer_addr()?;
                         let _ = stream.set_nodelay(true);
                         tracing::Span::current().record("server", tracing::field::display(addr));
+                        data.entry.server(addr);
                         tracing::info!("connected upstream");
                         server = Some(stream.into_split());
                         OwnedEvent::Connected(addr)
@@ -598,8 +616,13 @@ async fn serve(
                 }
             },
             Some((id, ev)) = events_rx.recv() => {
-                if matches!(ev, DataEvent::Finished(_) | DataEvent::Failed(_)) {
-                    data.tasks.remove(&id);
+                match ev {
+                    DataEvent::Established => data.entry.channel_state(id, "relaying"),
+                    DataEvent::ServerToClientDone => data.entry.channel_state(id, "server-done"),
+                    DataEvent::Finished(_) | DataEvent::Failed(_) => {
+                        data.tasks.remove(&id);
+                        data.entry.channel_closed(id);
+                    }
                 }
                 OwnedEvent::Data(id, ev)
             },

@@ -12,11 +12,13 @@
 //! - [`data`]: data channels: the port pool, one-shot listeners, dialling and relaying;
 //! - [`gateway`]: the async shell: listeners, admission, upstreams, driving sessions;
 //! - [`rules`]: the security rules, named for logs and metrics;
+//! - [`admin`]: the live view of sessions (`ftpgate sessions`);
 //! - [`config`]: the YAML schema and its validation;
 //! - [`sys`]: Linux socket options (original destination, `IP_TRANSPARENT`);
 //! - [`telemetry`]: metric names and log setup;
 //! - [`fuzzing`]: fuzz harnesses shared by `fuzz/` and the tests.
 
+pub mod admin;
 pub mod config;
 pub mod data;
 pub mod ftp;

@@ -34,12 +34,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List live sessions and their data channels (needs `admin.socket` in the config).
+    Sessions {
+        /// The admin socket.
+        #[arg(long, default_value = "/run/ftpgate/admin.sock")]
+        socket: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
+        Command::Sessions { socket } => ftpgate::admin::fetch(&socket)
+            .map(|snapshot| print!("{snapshot}"))
+            .with_context(|| format!("cannot read sessions from {}", socket.display())),
         Command::Run { config } => run(config),
     };
     match result {
@@ -81,6 +90,9 @@ async fn serve(mut config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         ftpgate::telemetry::install_metrics(m.listen)?;
     }
     let mut gateways = Gateways::start(&config).await?;
+    if let Some(admin) = &config.admin {
+        ftpgate::admin::serve(&admin.socket, gateways.registry()).await?;
+    }
     let (mut term, mut int, mut hup) = (
         signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
         signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
@@ -101,10 +113,11 @@ async fn serve(mut config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
                     Ok(new) => match gateways.reload(&new) {
                         Ok(()) => {
                             if new.metrics.as_ref().map(|m| m.listen) != config.metrics.as_ref().map(|m| m.listen)
+                                || new.admin.as_ref().map(|a| &a.socket) != config.admin.as_ref().map(|a| &a.socket)
                                 || new.log.format != config.log.format
                                 || new.log.level != config.log.level
                             {
-                                tracing::warn!("metrics and log settings change only on restart");
+                                tracing::warn!("metrics, admin and log settings change only on restart");
                             }
                             tracing::info!(config = %source, "configuration reloaded");
                             config = new;

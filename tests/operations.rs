@@ -128,3 +128,58 @@ fn sigterm_lets_a_running_transfer_finish() {
     assert!(status.success(), "{status}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn sessions_lists_live_sessions_and_their_data_channels() {
+    let server = PyFtpd::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/admin.sock");
+    let config = dir.path().join("ftpgate.yaml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "gateways:\n{}admin:\n  socket: \"{}\"\n",
+            gateway("a", port, server.port),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let _gw = Running::start(&config);
+    let sessions = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+            .args(["sessions", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut c = Control::connect(local(port));
+    c.login();
+    assert!(c.cmd("PASV").starts_with("227"));
+    let view = sessions();
+    let client = c.writer.local_addr().unwrap();
+    assert!(
+        view.contains(&format!(
+            "gateway=a client={client} server=127.0.0.1:{}",
+            server.port
+        )),
+        "{view}"
+    );
+    assert!(
+        view.contains("mode=passive") && view.contains("state=listening"),
+        "{view}"
+    );
+    assert!(view.ends_with("1 session(s)\n"), "{view}");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sessions().ends_with("0 session(s)\n") {
+        assert!(Instant::now() < deadline, "the closed session stays listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,192 @@
+//! The live view of sessions (`ftpgate sessions`, like `conntrack -L` for the kernel
+//! helper): a registry the shell keeps up to date, and a local Unix socket that writes a
+//! snapshot of it to whoever connects.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+
+use crate::session::ChannelId;
+
+/// Why the admin socket could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("admin socket {path}: {error}")]
+pub struct AdminError {
+    /// The configured path.
+    pub path: PathBuf,
+    /// Why.
+    pub error: io::Error,
+}
+
+/// What `ftpgate sessions` shows of one data channel.
+#[derive(Debug, Clone)]
+struct ChannelView {
+    mode: &'static str,
+    port: u16,
+    state: &'static str,
+}
+
+/// What `ftpgate sessions` shows of one control session.
+#[derive(Debug, Clone)]
+struct SessionView {
+    gateway: Arc<str>,
+    client: SocketAddr,
+    server: Option<SocketAddr>,
+    started: Instant,
+    channels: BTreeMap<ChannelId, ChannelView>,
+}
+
+/// Live sessions of all gateways.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<BTreeMap<u64, SessionView>>,
+}
+
+/// One session's place in the registry; removes it when dropped.
+#[derive(Debug)]
+pub struct Entry {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, SessionView>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session.
+    pub fn open(self: &Arc<Self>, id: u64, gateway: Arc<str>, client: SocketAddr) -> Entry {
+        self.lock().insert(
+            id,
+            SessionView {
+                gateway,
+                client,
+                server: None,
+                started: Instant::now(),
+                channels: BTreeMap::new(),
+            },
+        );
+        Entry {
+            registry: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// The snapshot `ftpgate sessions` prints: a line per session, a line per channel.
+    pub fn render(&self) -> String {
+        let sessions = self.lock();
+        let mut out = String::new();
+        for (id, s) in sessions.iter() {
+            let server = s.server.map_or_else(|| "-".to_owned(), |a| a.to_string());
+            let _ = writeln!(
+                out,
+                "session id={id} gateway={} client={} server={server} age={}s",
+                s.gateway,
+                s.client,
+                s.started.elapsed().as_secs()
+            );
+            for (cid, c) in &s.channels {
+                let _ = writeln!(
+                    out,
+                    "  data id={cid} mode={} port={} state={}",
+                    c.mode, c.port, c.state
+                );
+            }
+        }
+        let _ = writeln!(out, "{} session(s)", sessions.len());
+        out
+    }
+}
+
+impl Entry {
+    fn update(&self, f: impl FnOnce(&mut SessionView)) {
+        if let Some(s) = self.registry.lock().get_mut(&self.id) {
+            f(s);
+        }
+    }
+
+    /// The upstream is connected.
+    pub fn server(&self, addr: SocketAddr) {
+        self.update(|s| s.server = Some(addr));
+    }
+
+    /// A data channel was announced on `port`.
+    pub fn channel_opened(&self, id: ChannelId, active: bool, port: u16) {
+        let mode = if active { "active" } else { "passive" };
+        self.update(|s| {
+            s.channels.insert(
+                id,
+                ChannelView {
+                    mode,
+                    port,
+                    state: "listening",
+                },
+            );
+        });
+    }
+
+    /// A data channel changed state (`relaying`, `server-done`).
+    pub fn channel_state(&self, id: ChannelId, state: &'static str) {
+        self.update(|s| {
+            if let Some(c) = s.channels.get_mut(&id) {
+                c.state = state;
+            }
+        });
+    }
+
+    /// A data channel ended.
+    pub fn channel_closed(&self, id: ChannelId) {
+        self.update(|s| {
+            s.channels.remove(&id);
+        });
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+/// Serves snapshots on a Unix socket at `path` (mode 0600; a stale socket file is
+/// replaced). Runs until the task is dropped.
+pub async fn serve(path: &Path, registry: Arc<Registry>) -> Result<(), AdminError> {
+    let err = |error| AdminError {
+        path: path.to_owned(),
+        error,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    tokio::spawn(async move {
+        loop {
+            if let Ok((mut conn, _)) = listener.accept().await {
+                let snapshot = registry.render();
+                let _ = conn.write_all(snapshot.as_bytes()).await;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Reads a snapshot from the admin socket at `path` (for `ftpgate sessions`).
+pub fn fetch(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::os::unix::net::UnixStream::connect(path)?.read_to_string(&mut s)?;
+    Ok(s)
+}
