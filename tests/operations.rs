@@ -183,3 +183,31 @@ fn sessions_lists_live_sessions_and_their_data_channels() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let server = PyFtpd::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ftpgate.yaml");
+    write_config(&config, &[gateway("a", free_port(), server.port)]);
+    // Stand in for systemd: the notify protocol is datagrams on $NOTIFY_SOCKET.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut gw = Running::start_with_env(&config, &[("NOTIFY_SOCKET", notify_path.as_os_str())]);
+    assert!(next().contains("READY=1"));
+    gw.signal("HUP");
+    assert!(next().contains("RELOADING=1"));
+    assert!(next().contains("READY=1"));
+    gw.signal("TERM");
+    assert!(next().contains("STOPPING=1"));
+    assert!(gw.child.wait().unwrap().success());
+}

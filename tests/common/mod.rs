@@ -400,9 +400,15 @@ pub struct Running {
 impl Running {
     /// Starts `ftpgate run --config CONFIG` and waits until it is ready.
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like [`Running::start`], with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ftpgate"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
