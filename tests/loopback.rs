@@ -14,6 +14,18 @@ use common::{
 enum Role {
     Publish,
     Explicit,
+    /// Publish, with the client side on IPv6 and the server on IPv4.
+    PublishV6,
+}
+
+impl Role {
+    /// The client's own address, for active mode.
+    fn client_address(self) -> &'static str {
+        match self {
+            Role::PublishV6 => "::1",
+            _ => "127.0.0.1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -27,15 +39,20 @@ const UP_SIZE: usize = 3 * 1024 * 1024 + 7;
 
 fn gateway_yaml(role: Role, server_port: u16, relay: &str) -> String {
     let upstream = match role {
-        Role::Publish => format!("\"127.0.0.1:{server_port}\""),
+        Role::Publish | Role::PublishV6 => format!("\"127.0.0.1:{server_port}\""),
         Role::Explicit => "\"user@host\"\n    deny_servers: []".to_owned(),
+    };
+    let (listen, client_side) = match role {
+        Role::PublishV6 => ("[::1]:0", "::1"),
+        _ => ("127.0.0.1:0", "127.0.0.1"),
     };
     format!(
         r#"
 gateways:
   - name: test
-    listen: "127.0.0.1:0"
+    listen: "{listen}"
     upstream: {upstream}
+    client_side: {{ address: "{client_side}" }}
     server_side: {{ address: 127.0.0.1 }}
     data_ports: "{ports}"
     relay: {relay}
@@ -48,7 +65,7 @@ log: {{ level: warn }}
 /// The user name the client logs in with through `role`.
 fn login(role: Role, server_port: u16) -> String {
     match role {
-        Role::Publish => "anonymous".into(),
+        Role::Publish | Role::PublishV6 => "anonymous".into(),
         Role::Explicit => format!("anonymous@127.0.0.1:{server_port}"),
     }
 }
@@ -72,8 +89,8 @@ impl Run<'_> {
         let url = format!("ftp://{user}:guest@{}/{path}", self.gateway.addr());
         let out = run_ok(
             Command::new("curl")
-                .args(["-sS", "-v", "--max-time", "60"])
-                .args(self.mode.curl_args("127.0.0.1"))
+                .args(["-sS", "-v", "-g", "--max-time", "60"])
+                .args(self.mode.curl_args(self.role.client_address()))
                 .args(extra)
                 .arg(url),
         );
@@ -204,6 +221,11 @@ matrix! {
     explicit_ftplib_epsv: Explicit, Ftplib, Epsv;
     explicit_ftplib_port: Explicit, Ftplib, Port;
     explicit_ftplib_eprt: Explicit, Ftplib, Eprt;
+    // An IPv6 client through to an IPv4 server (which speaks EPSV/EPRT).
+    ipv6_client_curl_epsv: PublishV6, Curl, Epsv;
+    ipv6_client_curl_eprt: PublishV6, Curl, Eprt;
+    ipv6_client_ftplib_epsv: PublishV6, Ftplib, Epsv;
+    ipv6_client_ftplib_eprt: PublishV6, Ftplib, Eprt;
 }
 
 #[test]
