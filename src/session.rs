@@ -975,12 +975,9 @@ impl Session {
             }
             DataEvent::Failed(reason) => {
                 tracing::info!(channel = id, %reason, "data channel failed");
-                let ch = self.channels.remove(pos);
-                data.cancel(id);
-                if self.prepared == Some(id) {
-                    self.prepared = None;
+                if let Some(ch) = self.drop_channel(id, data) {
+                    self.record_transfer(ch, None, Some(reason));
                 }
-                self.record_transfer(ch, None, Some(reason));
             }
         }
         self.flush();
@@ -1002,14 +999,14 @@ impl Session {
         }
     }
 
-    fn drop_channel(&mut self, id: ChannelId, data: &mut dyn DataChannels) {
-        if let Some(pos) = self.channels.iter().position(|c| c.id == id) {
-            self.channels.remove(pos);
-            data.cancel(id);
-        }
+    /// Forgets a channel and stops it; returns it if it was known.
+    fn drop_channel(&mut self, id: ChannelId, data: &mut dyn DataChannels) -> Option<Channel> {
         if self.prepared == Some(id) {
             self.prepared = None;
         }
+        let pos = self.channels.iter().position(|c| c.id == id)?;
+        data.cancel(id);
+        Some(self.channels.remove(pos))
     }
 
     /// A transfer command failed: an active-mode channel still waiting for the server will

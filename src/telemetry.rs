@@ -20,6 +20,16 @@ use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+// Metric names used in more than one place (recording and zero-initialisation).
+const SESSIONS_TOTAL: &str = "ftpgate_sessions_total";
+const SESSIONS_ACTIVE: &str = "ftpgate_sessions_active";
+const REFUSALS_TOTAL: &str = "ftpgate_refusals_total";
+const DATA_CHANNELS_TOTAL: &str = "ftpgate_data_channels_total";
+const REWRITES_TOTAL: &str = "ftpgate_rewrites_total";
+const RELAYED_BYTES_TOTAL: &str = "ftpgate_relayed_bytes_total";
+const UPSTREAM_CONNECT_FAILURES_TOTAL: &str = "ftpgate_upstream_connect_failures_total";
+const DATA_SETUP_SECONDS: &str = "ftpgate_data_setup_seconds";
+
 /// Histogram buckets of `ftpgate_data_setup_seconds`: from 100 µs to the 30 s of the
 /// default `data_accept_timeout`.
 const SETUP_BUCKETS: [f64; 17] = [
@@ -68,10 +78,7 @@ pub fn install_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
     })?;
     PrometheusBuilder::new()
         .with_http_listener(addr)
-        .set_buckets_for_metric(
-            Matcher::Full("ftpgate_data_setup_seconds".into()),
-            &SETUP_BUCKETS,
-        )
+        .set_buckets_for_metric(Matcher::Full(DATA_SETUP_SECONDS.into()), &SETUP_BUCKETS)
         .and_then(|b| b.install())
         .map_err(|e| TelemetryError::Metrics {
             addr,
@@ -81,47 +88,46 @@ pub fn install_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
 
 /// A control session was admitted.
 pub fn session_opened(gateway: &str) {
-    metrics::gauge!("ftpgate_sessions_active", "gateway" => gateway.to_owned()).increment(1.0);
+    metrics::gauge!(SESSIONS_ACTIVE, "gateway" => gateway.to_owned()).increment(1.0);
 }
 
 /// A control session ended (`outcome`: `ok`, `error`) or was refused (`refused`, without a
 /// matching [`session_opened`]).
 pub fn session_closed(gateway: &str, outcome: &'static str) {
     if outcome != "refused" {
-        metrics::gauge!("ftpgate_sessions_active", "gateway" => gateway.to_owned()).decrement(1.0);
+        metrics::gauge!(SESSIONS_ACTIVE, "gateway" => gateway.to_owned()).decrement(1.0);
     }
-    metrics::counter!("ftpgate_sessions_total", "gateway" => gateway.to_owned(), "outcome" => outcome)
+    metrics::counter!(SESSIONS_TOTAL, "gateway" => gateway.to_owned(), "outcome" => outcome)
         .increment(1);
 }
 
 /// A security rule refused or neutralised something.
 pub fn refused(gateway: &str, rule: Rule) {
-    metrics::counter!("ftpgate_refusals_total", "gateway" => gateway.to_owned(), "reason" => rule.name())
+    metrics::counter!(REFUSALS_TOTAL, "gateway" => gateway.to_owned(), "reason" => rule.name())
         .increment(1);
 }
 
 /// A data channel ended; `mode` is `active` or `passive`.
 pub fn data_channel_done(gateway: &str, mode: &'static str, ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
-    metrics::counter!("ftpgate_data_channels_total", "gateway" => gateway.to_owned(), "mode" => mode, "outcome" => outcome)
+    metrics::counter!(DATA_CHANNELS_TOTAL, "gateway" => gateway.to_owned(), "mode" => mode, "outcome" => outcome)
         .increment(1);
 }
 
 /// Time from announcing a data port to both ends being connected.
 pub fn data_setup_seconds(gateway: &str, mode: &'static str, seconds: f64) {
-    metrics::histogram!("ftpgate_data_setup_seconds", "gateway" => gateway.to_owned(), "mode" => mode)
+    metrics::histogram!(DATA_SETUP_SECONDS, "gateway" => gateway.to_owned(), "mode" => mode)
         .record(seconds);
 }
 
 /// An address-carrying line was rewritten.
 pub fn rewrote(gateway: &str, kind: &'static str) {
-    metrics::counter!("ftpgate_rewrites_total", "gateway" => gateway.to_owned(), "kind" => kind)
-        .increment(1);
+    metrics::counter!(REWRITES_TOTAL, "gateway" => gateway.to_owned(), "kind" => kind).increment(1);
 }
 
 /// The upstream control connection could not be made.
 pub fn upstream_connect_failed(gateway: &str) {
-    metrics::counter!("ftpgate_upstream_connect_failures_total", "gateway" => gateway.to_owned())
+    metrics::counter!(UPSTREAM_CONNECT_FAILURES_TOTAL, "gateway" => gateway.to_owned())
         .increment(1);
 }
 
@@ -132,9 +138,9 @@ pub fn build_info() {
 
 /// Bytes a finished data channel relayed.
 pub fn relayed(gateway: &str, to_server: u64, to_client: u64) {
-    metrics::counter!("ftpgate_relayed_bytes_total", "gateway" => gateway.to_owned(), "direction" => "to_server")
+    metrics::counter!(RELAYED_BYTES_TOTAL, "gateway" => gateway.to_owned(), "direction" => "to_server")
         .increment(to_server);
-    metrics::counter!("ftpgate_relayed_bytes_total", "gateway" => gateway.to_owned(), "direction" => "to_client")
+    metrics::counter!(RELAYED_BYTES_TOTAL, "gateway" => gateway.to_owned(), "direction" => "to_client")
         .increment(to_client);
 }
 
@@ -154,26 +160,24 @@ pub fn data_ports_size(gateway: &str, size: usize) {
 pub fn gateway_started(gateway: &str) {
     let g = || gateway.to_owned();
     for outcome in ["ok", "error", "refused"] {
-        metrics::counter!("ftpgate_sessions_total", "gateway" => g(), "outcome" => outcome)
-            .increment(0);
+        metrics::counter!(SESSIONS_TOTAL, "gateway" => g(), "outcome" => outcome).increment(0);
     }
     for rule in Rule::ALL {
-        metrics::counter!("ftpgate_refusals_total", "gateway" => g(), "reason" => rule.name())
-            .increment(0);
+        metrics::counter!(REFUSALS_TOTAL, "gateway" => g(), "reason" => rule.name()).increment(0);
     }
     for mode in ["active", "passive"] {
         for outcome in ["ok", "failed"] {
-            metrics::counter!("ftpgate_data_channels_total", "gateway" => g(), "mode" => mode, "outcome" => outcome)
+            metrics::counter!(DATA_CHANNELS_TOTAL, "gateway" => g(), "mode" => mode, "outcome" => outcome)
                 .increment(0);
         }
     }
     for kind in ["PORT", "EPRT", "227", "229"] {
-        metrics::counter!("ftpgate_rewrites_total", "gateway" => g(), "kind" => kind).increment(0);
+        metrics::counter!(REWRITES_TOTAL, "gateway" => g(), "kind" => kind).increment(0);
     }
     for direction in ["to_server", "to_client"] {
-        metrics::counter!("ftpgate_relayed_bytes_total", "gateway" => g(), "direction" => direction)
+        metrics::counter!(RELAYED_BYTES_TOTAL, "gateway" => g(), "direction" => direction)
             .increment(0);
     }
-    metrics::counter!("ftpgate_upstream_connect_failures_total", "gateway" => g()).increment(0);
-    metrics::gauge!("ftpgate_sessions_active", "gateway" => g()).increment(0.0);
+    metrics::counter!(UPSTREAM_CONNECT_FAILURES_TOTAL, "gateway" => g()).increment(0);
+    metrics::gauge!(SESSIONS_ACTIVE, "gateway" => g()).increment(0.0);
 }
