@@ -442,11 +442,9 @@ async fn connect_upstream(
             last = format!("{addr} is not reachable from {from}");
             continue;
         }
-        let dial = channel::dial(addr, DialSource::Bind(from));
-        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, dial).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
+        match channel::dial(addr, DialSource::Bind(from), UPSTREAM_CONNECT_TIMEOUT).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{addr}: {e}"),
         }
     }
     Err(last)

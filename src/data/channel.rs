@@ -136,9 +136,8 @@ async fn establish_and_relay(
 
 /// Dials the plan's target within the channel timeout.
 async fn dial_plan(plan: &DataPlan, ctx: &ChannelContext) -> Result<TcpStream, ChannelError> {
-    tokio::time::timeout(ctx.timeout, dial(plan.dial, plan.dial_from))
+    dial(plan.dial, plan.dial_from, ctx.timeout)
         .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
         .map_err(|source| ChannelError::Dial {
             to: plan.dial,
             source,
@@ -169,8 +168,14 @@ async fn accept_expected(
     }
 }
 
-/// Connects to `to`, starting from `from`.
-pub async fn dial(to: SocketAddr, from: DialSource) -> io::Result<TcpStream> {
+/// Connects to `to`, starting from `from`, giving up (`TimedOut`) after `within`.
+pub async fn dial(to: SocketAddr, from: DialSource, within: Duration) -> io::Result<TcpStream> {
+    tokio::time::timeout(within, connect(to, from))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+}
+
+async fn connect(to: SocketAddr, from: DialSource) -> io::Result<TcpStream> {
     let socket = if to.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
