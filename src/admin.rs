@@ -119,8 +119,7 @@ impl Entry {
     }
 
     /// A data channel was announced on `port`.
-    pub fn channel_opened(&self, id: ChannelId, active: bool, port: u16) {
-        let mode = if active { "active" } else { "passive" };
+    pub fn channel_opened(&self, id: ChannelId, mode: &'static str, port: u16) {
         self.update(|s| {
             s.channels.insert(
                 id,

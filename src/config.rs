@@ -631,13 +631,6 @@ fn resolve_gateway(
     if g.name.trim().is_empty() {
         return Err((key("name"), "must not be empty".into()));
     }
-    if g.server_mode != ServerMode::Same {
-        return Err((
-            key("server_mode"),
-            "only `same` is supported in this version (mode conversion is not implemented yet)"
-                .into(),
-        ));
-    }
     let client_side = match g.client_side {
         Some(side) => side,
         None if g.listen.ip().is_unspecified() => {

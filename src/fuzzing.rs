@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{ClientSource, TlsPolicy};
+use crate::config::{ClientSource, ServerMode, TlsPolicy};
 use crate::ftp::command::{parse_command, parse_proxy_login};
 use crate::ftp::hostport::{
     encode_eprt_arg, encode_port_arg, find_227, find_229, parse_eprt_arg, parse_port_arg,
@@ -12,8 +12,8 @@ use crate::ftp::hostport::{
 use crate::ftp::line::{clean_line, LineFramer};
 use crate::ftp::reply::ReplyAssembler;
 use crate::session::{
-    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DataStats, Event, Session,
-    SessionParams, SideAddrs, UpstreamKind,
+    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DataStats, Endpoint,
+    Event, Ports, Session, SessionParams, SideAddrs, UpstreamKind,
 };
 
 /// Every codec of the control protocol on arbitrary bytes: no panic, and what parses
@@ -73,6 +73,7 @@ pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
         tls: TlsPolicy::Refuse,
         max_line: 64,
         allow_privileged_ports: false,
+        server_mode: ServerMode::Same,
     }
 }
 
@@ -83,12 +84,15 @@ struct Data {
 }
 
 impl DataChannels for Data {
-    fn open(&mut self, _id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
+    fn open(&mut self, _id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
         if self.fail {
             return Err(DataOpenError::Exhausted);
         }
         self.plans.push(plan.clone());
-        Ok(50000)
+        Ok(Ports {
+            client: plan.client.accepts().then_some(50000),
+            server: plan.server.accepts().then_some(50001),
+        })
     }
     fn cancel(&mut self, _id: ChannelId) {}
 }
@@ -114,6 +118,11 @@ pub fn session(input: &[u8]) {
             TlsPolicy::Passthrough
         },
         allow_privileged_ports: flags & 4 != 0,
+        server_mode: match (flags >> 4) % 3 {
+            0 => ServerMode::Same,
+            1 => ServerMode::Passive,
+            _ => ServerMode::Active,
+        },
         ..lab_params(UpstreamKind::Fixed)
     });
     let mut data = Data {
@@ -164,7 +173,13 @@ pub fn session(input: &[u8]) {
     }
     let allowed: [IpAddr; 2] = ["10.0.0.5".parse().unwrap(), "192.0.2.10".parse().unwrap()];
     for plan in &data.plans {
-        assert!(allowed.contains(&plan.dial.ip()), "{plan:?}");
+        for end in [&plan.client, &plan.server] {
+            let ip = match end {
+                Endpoint::Dial { to, .. } => to.ip(),
+                Endpoint::Accept { peer, .. } => *peer,
+            };
+            assert!(allowed.contains(&ip), "{plan:?}");
+        }
     }
 }
 

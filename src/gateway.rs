@@ -21,12 +21,12 @@ use tracing::Instrument;
 
 use crate::admin::{Entry, Registry};
 use crate::config::{Config, GatewayConfig, Limits, Upstream};
-use crate::data::channel::{self, ChannelContext};
+use crate::data::channel::{self, ChannelContext, Listeners, Listening};
 use crate::data::ports::PortPool;
 use crate::rules::Rule;
 use crate::session::{
-    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Event,
-    Session, SessionParams, Side, SideAddrs, TransferRecord, UpstreamKind,
+    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Endpoint,
+    Event, Ports, Session, SessionParams, SideAddrs, TransferRecord, UpstreamKind,
 };
 use crate::telemetry;
 
@@ -458,21 +458,37 @@ struct SessionData {
     entry: Entry,
 }
 
-impl DataChannels for SessionData {
-    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
-        let (listener, lease) = self.ctx.pool.bind(plan.listen)?;
+impl SessionData {
+    /// Binds a pool port for an accepting end; nothing for a dialling one.
+    fn listen(&self, end: &Endpoint) -> Result<Option<Listening>, DataOpenError> {
+        let Endpoint::Accept { on, .. } = end else {
+            return Ok(None);
+        };
+        let (listener, lease) = self.ctx.pool.bind(*on)?;
         let listener =
             TcpListener::from_std(listener).map_err(|e| DataOpenError::Listen(e.to_string()))?;
-        let port = lease.port();
+        Ok(Some(Listening { listener, lease }))
+    }
+}
+
+impl DataChannels for SessionData {
+    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
+        let client = self.listen(&plan.client)?;
+        let server = self.listen(&plan.server)?;
+        let ports = Ports {
+            client: client.as_ref().map(|l| l.lease.port()),
+            server: server.as_ref().map(|l| l.lease.port()),
+        };
+        let listeners = Listeners { client, server };
         let task = tokio::spawn(
-            channel::run(id, listener, lease, plan.clone(), self.channel_ctx.clone())
+            channel::run(id, listeners, plan.clone(), self.channel_ctx.clone())
                 .instrument(tracing::Span::current()),
         );
         self.tasks.insert(id, task.abort_handle());
-        self.entry
-            .channel_opened(id, plan.listener_faces == Side::Server, port);
-        tracing::debug!(channel = id, port, ?plan, "data channel opened");
-        Ok(port)
+        let shown = ports.client.or(ports.server).unwrap_or_default();
+        self.entry.channel_opened(id, plan.label(), shown);
+        tracing::debug!(channel = id, ?ports, ?plan, "data channel opened");
+        Ok(ports)
     }
 
     fn cancel(&mut self, id: ChannelId) {
@@ -522,6 +538,7 @@ async fn serve(
         tls: cfg.tls,
         max_line: ctx.limits.max_line,
         allow_privileged_ports: cfg.allow_privileged_ports,
+        server_mode: cfg.server_mode,
     });
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut data = SessionData {

@@ -14,8 +14,10 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
-use crate::config::{ClientSource, TlsPolicy};
-use crate::ftp::command::{parse_command, parse_proxy_login, Command, EpsvArg};
+use crate::config::{ClientSource, ServerMode, TlsPolicy};
+use crate::ftp::command::{
+    parse_command, parse_proxy_login, split_command, AlgsArg, Command, EpsvArg,
+};
 use crate::ftp::hostport::{encode_eprt_arg, encode_port_arg, find_227, find_229};
 use crate::ftp::line::{clean_line, LineFramer};
 use crate::ftp::reply::{Reply, ReplyAssembler};
@@ -31,15 +33,6 @@ pub const SERVER_MAX_LINE: usize = 64 * 1024;
 /// Client lines held while an explicit-proxy login is still connecting upstream.
 const MAX_DEFERRED_LINES: usize = 8;
 
-/// One end of the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The side the control connection came from.
-    Client,
-    /// The FTP server's side.
-    Server,
-}
-
 /// Where a data connection that ftpgate dials starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialSource {
@@ -49,20 +42,75 @@ pub enum DialSource {
     Transparent(IpAddr),
 }
 
-/// Everything the shell needs to run one data channel: listen, accept one expected peer,
-/// dial the other end, relay.
+/// How a data channel gets one of its two connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Listen on a port from the data-port pool at `on` and accept one connection, only
+    /// from `peer`.
+    Accept {
+        /// Local address the one-shot listener binds.
+        on: IpAddr,
+        /// The only source IP accepted.
+        peer: IpAddr,
+    },
+    /// Connect to `to`, starting from `from`.
+    Dial {
+        /// Where to connect.
+        to: SocketAddr,
+        /// Where the connection starts from.
+        from: DialSource,
+    },
+}
+
+impl Endpoint {
+    /// Whether this end is a listener.
+    pub fn accepts(&self) -> bool {
+        matches!(self, Endpoint::Accept { .. })
+    }
+}
+
+/// Everything the shell needs to run one data channel: how to get the client's connection
+/// and the server's, then relay between them. The four combinations are the two plain modes
+/// (client passive: accept the client, dial the server; client active: accept the server,
+/// dial the client) and the two conversions of `server_mode` (dial both; accept both).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataPlan {
-    /// Local address the one-shot listener binds (port from the data-port pool).
-    pub listen: IpAddr,
-    /// Which side will connect to the listener.
-    pub listener_faces: Side,
-    /// The only source IP the listener accepts.
-    pub expect_peer: IpAddr,
-    /// Where to connect once the peer has arrived.
-    pub dial: SocketAddr,
-    /// Where that connection starts from.
-    pub dial_from: DialSource,
+    /// The client's end.
+    pub client: Endpoint,
+    /// The server's end.
+    pub server: Endpoint,
+}
+
+impl DataPlan {
+    /// The client's mode for this channel, as metrics and logs name it: `passive` when the
+    /// client connects to ftpgate, `active` when ftpgate connects to the client.
+    pub fn client_mode(&self) -> &'static str {
+        if self.client.accepts() {
+            "passive"
+        } else {
+            "active"
+        }
+    }
+
+    /// The mode on both sides, for the live session view: `passive`, `active`, or a
+    /// conversion such as `active-to-passive` (active client, passive toward the server).
+    pub fn label(&self) -> &'static str {
+        match (self.client.accepts(), self.server.accepts()) {
+            (true, false) => "passive",
+            (false, true) => "active",
+            (false, false) => "active-to-passive",
+            (true, true) => "passive-to-active",
+        }
+    }
+}
+
+/// The listening ports of an opened channel, one per [`Endpoint::Accept`] end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ports {
+    /// The port the client connects to.
+    pub client: Option<u16>,
+    /// The port the server connects to.
+    pub server: Option<u16>,
 }
 
 /// Why a data channel could not be opened.
@@ -79,8 +127,8 @@ pub enum DataOpenError {
 /// The shell's side of data channels, called synchronously by the session so that the
 /// port it announces is known at once.
 pub trait DataChannels {
-    /// Binds a listener for `plan` and starts the channel; returns the listening port.
-    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError>;
+    /// Binds the listeners `plan` asks for and starts the channel; returns their ports.
+    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError>;
     /// Stops a channel and releases its port; no more events come for it.
     fn cancel(&mut self, id: ChannelId);
 }
@@ -237,6 +285,8 @@ pub struct SessionParams {
     pub max_line: usize,
     /// Accept data ports below 1024 (operator knob; off by default).
     pub allow_privileged_ports: bool,
+    /// How data connections toward the server are opened.
+    pub server_mode: ServerMode,
 }
 
 #[derive(Debug)]
@@ -269,14 +319,39 @@ enum Pending {
 
 #[derive(Debug, Clone, Copy)]
 enum Awaiting {
-    /// `PASV` or `EPSV`: `client_ext` is what the client sent, `sent_ext` what the server got.
-    Passive { client_ext: bool, sent_ext: bool },
-    /// `PORT`/`EPRT` for this channel.
-    Active(ChannelId),
+    /// `PASV` (`sent_ext: false`) or `EPSV` sent to the server; `then` says whose it is.
+    Passive { sent_ext: bool, then: PassiveUse },
+    /// `PORT` (`sent_ext: false`) or `EPRT` sent to the server for channel `id`, whose
+    /// server-side listener has `port`; `converted` when ftpgate sent it on its own for a
+    /// client in passive mode (`server_mode: active`).
+    Active {
+        id: ChannelId,
+        port: u16,
+        sent_ext: bool,
+        converted: bool,
+    },
+    /// A transfer command (RETR, STOR, LIST, …) served by this channel, if any.
+    Transfer(Option<ChannelId>),
     /// `AUTH` forwarded under `tls: passthrough`.
     Auth,
     /// Anything else.
     Other,
+}
+
+/// Who a `PASV`/`EPSV` sent to the server is for.
+#[derive(Debug, Clone, Copy)]
+enum PassiveUse {
+    /// The client's own `PASV` (`ext: false`) or `EPSV`.
+    Client { ext: bool },
+    /// ftpgate's, for a client in active mode (`server_mode: passive`) that asked to be
+    /// connected to at `target`.
+    Convert { target: SocketAddr },
+}
+
+/// Final replies that mean the server does not know `EPSV`/`EPRT` (RFC 959-only servers
+/// answer 500 or 502; some answer 501, 504 or 522 to the argument instead).
+fn ext_unsupported(code: Option<u16>) -> bool {
+    matches!(code, Some(500 | 501 | 502 | 504 | 522))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +372,9 @@ struct Channel {
     state: ChannelState,
     /// The transfer command this channel serves, once the client sent it.
     transfer: Option<(String, String)>,
+    /// A channel for a client in passive mode converted to active toward the server: the
+    /// server-side listener's port, announced with `PORT`/`EPRT` when the transfer starts.
+    server_port: Option<u16>,
 }
 
 /// Commands that move data over a data connection; `true` for uploads.
@@ -314,7 +392,12 @@ const TRANSFER_COMMANDS: [(&str, bool); 7] = [
 struct Outgoing {
     code: Option<u16>,
     bytes: Vec<u8>,
+    /// For replies to a transfer command: the channel that serves it (the reply gate).
+    channel: Option<ChannelId>,
 }
+
+/// Client lines held while ftpgate waits for the answer to a command it sent on its own.
+const MAX_HELD_LINES: usize = 64;
 
 /// One control session. Create with [`Session::new`], call [`Session::start`] once, then
 /// [`Session::handle`] for every event; perform the returned actions in order.
@@ -332,6 +415,20 @@ pub struct Session {
     prepared: Option<ChannelId>,
     next_channel: ChannelId,
     deferred: Vec<Vec<u8>>,
+    /// Client lines waiting until a command ftpgate sent on its own has its answer (mode
+    /// conversion, the `EPSV`/`EPRT` probe); the first is the transfer command, if any.
+    held: VecDeque<Vec<u8>>,
+    holding: bool,
+    /// `server_mode: passive`: the address a client's `PORT`/`EPRT` asked for, answered by
+    /// ftpgate and dialled when the next transfer starts.
+    port_target: Option<SocketAddr>,
+    /// Whether the server understands `EPSV`/`EPRT`; `None` until it has answered one.
+    server_ext: Option<bool>,
+    /// RFC 6384 `ALGS ENABLE64`/`DISABLE64`: fall back to `PASV`/`PORT` toward IPv4 servers
+    /// that do not know `EPSV`/`EPRT`.
+    translate: bool,
+    /// The client sent `EPSV ALL`.
+    epsv_all: bool,
     mismatch_logged: bool,
     actions: Vec<Action>,
 }
@@ -356,6 +453,12 @@ impl Session {
             prepared: None,
             next_channel: 1,
             deferred: Vec::new(),
+            held: VecDeque::new(),
+            holding: false,
+            port_target: None,
+            server_ext: None,
+            translate: true,
+            epsv_all: false,
             mismatch_logged: false,
             actions: Vec::new(),
         }
@@ -516,12 +619,31 @@ impl Session {
     }
 
     fn on_command_line(&mut self, line: Vec<u8>, data: &mut dyn DataChannels) {
+        if self.holding {
+            if self.held.len() >= MAX_HELD_LINES {
+                self.close_with(b"421 Too many commands sent without waiting.\r\n".to_vec());
+            } else {
+                self.held.push_back(line);
+            }
+            return;
+        }
         let clean = clean_line(&line);
         if clean.contains(&0) {
             self.refuse_nul();
             return;
         }
-        match parse_command(&clean) {
+        let command = parse_command(&clean);
+        if self.epsv_all
+            && matches!(
+                command,
+                Command::Port(_) | Command::Eprt(_) | Command::Pasv | Command::BadAddress { .. }
+            )
+        {
+            // RFC 2428 §4: after EPSV ALL only EPSV sets up data connections.
+            self.reply_local(b"503 Only EPSV is allowed after EPSV ALL.\r\n".to_vec());
+            return;
+        }
+        match command {
             Command::Port(addr) => self.client_active(SocketAddr::V4(addr), false, data),
             Command::Eprt(addr) => self.client_active(addr, true, data),
             Command::BadAddress { verb, error } => {
@@ -530,8 +652,34 @@ impl Session {
                 self.reply_local(format!("501 {verb} refused: {error}.\r\n").into_bytes());
             }
             Command::Pasv => self.client_passive(false, data),
-            Command::Epsv(EpsvArg::All) => self.forward(line, Awaiting::Other),
-            Command::Epsv(_) => self.client_passive(true, data),
+            Command::Epsv(EpsvArg::All) => {
+                // Answered here, not forwarded: ftpgate owns the data connections and may
+                // still need PASV or PORT toward the server (RFC 959-only servers, mode
+                // conversion).
+                self.epsv_all = true;
+                self.reply_local(b"200 EPSV ALL accepted.\r\n".to_vec());
+            }
+            Command::Epsv(arg) => {
+                let family_ok = match arg {
+                    EpsvArg::V4 => self.p.client_side.announce.is_ipv4(),
+                    EpsvArg::V6 => self.p.client_side.announce.is_ipv6(),
+                    _ => true,
+                };
+                if family_ok {
+                    self.client_passive(true, data);
+                } else {
+                    let ours = if self.p.client_side.announce.is_ipv4() {
+                        1
+                    } else {
+                        2
+                    };
+                    self.reply_local(
+                        format!("522 Network protocol not supported, use ({ours}).\r\n")
+                            .into_bytes(),
+                    );
+                }
+            }
+            Command::Algs(arg) => self.on_algs(arg),
             Command::Auth(_) if self.p.tls == TlsPolicy::Passthrough => {
                 self.forward(line, Awaiting::Auth)
             }
@@ -543,39 +691,81 @@ impl Session {
             Command::Rein | Command::Abor => {
                 // An announced data connection that never came is not coming now.
                 self.cancel_prepared(data);
+                self.port_target = None;
                 self.forward(line, Awaiting::Other);
             }
             Command::Other => {
-                self.note_transfer(&clean);
-                self.forward(line, Awaiting::Other)
+                let transfer = transfer_command(&clean);
+                self.on_other(line, transfer);
             }
             Command::User(_) | Command::Quit => self.forward(line, Awaiting::Other),
         }
     }
 
-    /// A transfer command goes to the newest channel that has none yet.
-    fn note_transfer(&mut self, clean: &[u8]) {
-        let Some(cl) = crate::ftp::command::split_command(clean) else {
+    /// RFC 6384 `ALGS`: the client asks about (or switches) the IPv6/IPv4 translation.
+    fn on_algs(&mut self, arg: AlgsArg) {
+        let reply: &[u8] = match arg {
+            AlgsArg::Status64 if self.translate => b"216 ENABLED\r\n",
+            AlgsArg::Status64 => b"216 DISABLED\r\n",
+            AlgsArg::Enable64 => {
+                self.translate = true;
+                b"200 FTP64 translation enabled.\r\n"
+            }
+            AlgsArg::Disable64 => {
+                self.translate = false;
+                b"200 FTP64 translation disabled.\r\n"
+            }
+            AlgsArg::Unknown => b"501 ALGS takes STATUS64, ENABLE64 or DISABLE64.\r\n",
+        };
+        self.reply_local(reply.to_vec());
+    }
+
+    /// Any command ftpgate does not act on, transfer commands included.
+    fn on_other(&mut self, line: Vec<u8>, transfer: Option<(String, String)>) {
+        let Some(transfer) = transfer else {
+            self.forward(line, Awaiting::Other);
             return;
         };
-        if !TRANSFER_COMMANDS
-            .iter()
-            .any(|(verb, _)| cl.verb.eq_ignore_ascii_case(verb.as_bytes()))
-        {
+        if let Some(target) = self.port_target.take() {
+            // server_mode: passive: ask the server for a port first; the transfer command
+            // follows once ftpgate can dial both ends.
+            let sent_ext = self.server.is_some_and(|s| s.is_ipv6());
+            self.hold_first(line);
+            let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
+            self.forward(
+                command.to_vec(),
+                Awaiting::Passive {
+                    sent_ext,
+                    then: PassiveUse::Convert { target },
+                },
+            );
             return;
         }
-        if let Some(ch) = self
+        let id = self.assign_transfer(transfer);
+        let convert = id.and_then(|id| {
+            let ch = self.channels.iter_mut().find(|c| c.id == id)?;
+            ch.server_port.take().map(|port| (id, port))
+        });
+        match convert {
+            Some((id, port)) => {
+                // server_mode: active: tell the server where to connect, then send the
+                // transfer command.
+                self.hold_first(line);
+                self.send_active(id, port, false, true);
+            }
+            None => self.forward(line, Awaiting::Transfer(id)),
+        }
+    }
+
+    /// The newest channel without a transfer serves this one; returns its id.
+    fn assign_transfer(&mut self, (verb, arg): (String, String)) -> Option<ChannelId> {
+        let ch = self
             .channels
             .iter_mut()
             .rev()
-            .find(|c| c.transfer.is_none())
-        {
-            let argument = String::from_utf8_lossy(cl.arg.unwrap_or_default());
-            ch.transfer = Some((
-                String::from_utf8_lossy(cl.verb).to_ascii_uppercase(),
-                argument.chars().take(512).collect(),
-            ));
-        }
+            .find(|c| c.transfer.is_none())?;
+        ch.transfer = Some((verb, arg));
+        Some(ch.id)
     }
 
     fn forward(&mut self, line: Vec<u8>, awaiting: Awaiting) {
@@ -583,13 +773,43 @@ impl Session {
         self.pending.push_back(Pending::Server(awaiting));
     }
 
+    /// Holds client lines from now on, `line` first, until [`Session::release`].
+    fn hold_first(&mut self, line: Vec<u8>) {
+        self.held.push_front(line);
+        self.holding = true;
+    }
+
+    /// Forwards a held transfer command once its data channel is arranged.
+    fn send_held_transfer(&mut self, id: Option<ChannelId>) {
+        if let Some(line) = self.held.pop_front() {
+            self.actions.push(Action::ToServer(line));
+            self.pending
+                .push_back(Pending::Server(Awaiting::Transfer(id)));
+        }
+    }
+
+    /// Answers a held transfer command with ftpgate's own `425` instead of sending it.
+    fn fail_held_transfer(&mut self, why: &str) {
+        if self.held.pop_front().is_some() {
+            self.reply_local(format!("425 Cannot open data connection: {why}.\r\n").into_bytes());
+        }
+    }
+
+    /// Stops holding and processes the held client lines, until one holds again.
+    fn release(&mut self, data: &mut dyn DataChannels) {
+        self.holding = false;
+        while !self.holding && !self.is_closed() {
+            let Some(line) = self.held.pop_front() else {
+                break;
+            };
+            self.on_command_line(line, data);
+        }
+    }
+
     /// A reply ftpgate writes itself, in its place among the server's replies.
     fn reply_local(&mut self, bytes: Vec<u8>) {
         if self.pending.is_empty() {
-            self.outq.push_back(Outgoing {
-                code: reply_code(&bytes),
-                bytes,
-            });
+            self.enqueue(reply_code(&bytes), bytes, None);
             self.flush();
         } else {
             self.pending.push_back(Pending::Local(bytes));
@@ -619,52 +839,156 @@ impl Session {
             return;
         }
         let Some(server) = self.server else { return };
-        let dial_from = match self.p.client_source {
-            ClientSource::Gateway => DialSource::Bind(self.p.client_side.address),
-            ClientSource::Server => DialSource::Transparent(server.ip()),
-        };
+        self.cancel_prepared(data);
+        if self.p.server_mode == ServerMode::Passive {
+            self.port_target = Some(addr);
+            tracing::debug!(client = %addr, "active client, passive toward the server");
+            self.reply_local(
+                format!(
+                    "200 {verb} command successful; ftpgate connects when the transfer starts.\r\n"
+                )
+                .into_bytes(),
+            );
+            return;
+        }
         let plan = DataPlan {
-            listen: self.p.server_side.address,
-            listener_faces: Side::Server,
-            expect_peer: server.ip(),
-            dial: addr,
-            dial_from,
+            client: Endpoint::Dial {
+                to: addr,
+                from: self.client_dial_source(server),
+            },
+            server: Endpoint::Accept {
+                on: self.p.server_side.address,
+                peer: server.ip(),
+            },
         };
-        let (id, port) = match self.open_channel(&plan, true, data) {
+        let (id, ports) = match self.open_channel(&plan, true, data) {
             Ok(v) => v,
             Err(e) => {
                 self.reply_local(format!("425 Cannot open data connection: {e}.\r\n").into_bytes());
                 return;
             }
         };
-        let announce = SocketAddr::new(self.p.server_side.announce, port);
-        let (command, kind) = match announce {
-            SocketAddr::V4(v4) if !ext => {
-                (format!("PORT {}\r\n", encode_port_arg(v4)), Rewrite::Port)
-            }
-            _ => (
-                format!("EPRT {}\r\n", encode_eprt_arg(announce)),
-                Rewrite::Eprt,
-            ),
-        };
-        self.actions.push(Action::Rewrote(kind));
-        tracing::debug!(channel = id, client = %addr, %announce, "active data channel");
-        self.forward(command.into_bytes(), Awaiting::Active(id));
+        let port = ports.server.unwrap_or_default();
+        tracing::debug!(channel = id, client = %addr, port, "active data channel");
+        self.send_active(id, port, ext, false);
     }
 
-    /// `PASV`/`EPSV`: ask the server for a port; the reply is rewritten when it comes.
+    /// Where connections toward the client start from.
+    fn client_dial_source(&self, server: SocketAddr) -> DialSource {
+        match self.p.client_source {
+            ClientSource::Gateway => DialSource::Bind(self.p.client_side.address),
+            ClientSource::Server => DialSource::Transparent(server.ip()),
+        }
+    }
+
+    /// Sends `PORT` or `EPRT` naming ftpgate's server-side listener `port`. `EPRT` when the
+    /// client asked for it (`ext`) or `PORT` cannot carry the address; `PORT` once the
+    /// server has shown it does not know `EPRT`. An `EPRT` whose fate is unknown holds
+    /// client lines, so that a `PORT` retry keeps the order of commands.
+    fn send_active(&mut self, id: ChannelId, port: u16, ext: bool, converted: bool) {
+        let announce = SocketAddr::new(self.p.server_side.announce, port);
+        let sent_ext = match announce {
+            SocketAddr::V4(_) => ext && self.server_ext != Some(false),
+            SocketAddr::V6(_) => true,
+        };
+        let command = match announce {
+            SocketAddr::V4(v4) if !sent_ext => format!("PORT {}\r\n", encode_port_arg(v4)),
+            _ => format!("EPRT {}\r\n", encode_eprt_arg(announce)),
+        };
+        self.actions.push(Action::Rewrote(if sent_ext {
+            Rewrite::Eprt
+        } else {
+            Rewrite::Port
+        }));
+        if sent_ext && self.may_fall_back() && announce.is_ipv4() {
+            self.holding = true;
+        }
+        self.forward(
+            command.into_bytes(),
+            Awaiting::Active {
+                id,
+                port,
+                sent_ext,
+                converted,
+            },
+        );
+    }
+
+    /// Whether an `EPSV`/`EPRT` the server rejects may be retried as `PASV`/`PORT`: the
+    /// server is IPv4, has not answered one yet, and the client left translation on.
+    fn may_fall_back(&self) -> bool {
+        self.translate && self.server_ext.is_none() && self.server.is_some_and(|s| s.is_ipv4())
+    }
+
+    /// `PASV`/`EPSV`: ask the server for a port (the reply is rewritten when it comes), or
+    /// with `server_mode: active` answer at once with a listener on each side.
     fn client_passive(&mut self, ext: bool, data: &mut dyn DataChannels) {
         self.cancel_prepared(data);
+        self.port_target = None;
+        if self.p.server_mode == ServerMode::Active {
+            self.passive_to_active(ext, data);
+            return;
+        }
         // An IPv6 server cannot answer PASV, and 229 serves any family.
-        let sent_ext = ext || self.server.is_some_and(|s| s.is_ipv6());
+        let server_v6 = self.server.is_some_and(|s| s.is_ipv6());
+        let sent_ext = server_v6 || (ext && self.server_ext != Some(false));
+        if sent_ext && self.may_fall_back() {
+            self.holding = true;
+        }
         let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
         self.forward(
             command.to_vec(),
             Awaiting::Passive {
-                client_ext: ext,
                 sent_ext,
+                then: PassiveUse::Client { ext },
             },
         );
+    }
+
+    /// `server_mode: active`: a passive client's channel accepts both ends; the server is
+    /// told its port with `PORT`/`EPRT` when the transfer command comes.
+    fn passive_to_active(&mut self, ext: bool, data: &mut dyn DataChannels) {
+        let Some(server) = self.server else { return };
+        let plan = DataPlan {
+            client: Endpoint::Accept {
+                on: self.p.client_side.address,
+                peer: self.p.client.ip().to_canonical(),
+            },
+            server: Endpoint::Accept {
+                on: self.p.server_side.address,
+                peer: server.ip(),
+            },
+        };
+        let reply = match self.open_channel(&plan, false, data) {
+            Ok((id, ports)) => {
+                if let Some(ch) = self.channels.iter_mut().find(|c| c.id == id) {
+                    ch.server_port = ports.server;
+                }
+                self.actions.push(Action::Rewrote(if ext {
+                    Rewrite::Reply229
+                } else {
+                    Rewrite::Reply227
+                }));
+                self.passive_text(ext, ports.client.unwrap_or_default())
+            }
+            Err(e) => format!("425 Cannot open data connection: {e}.\r\n").into_bytes(),
+        };
+        self.reply_local(reply);
+    }
+
+    /// ftpgate's own `227`/`229` announcing `port` on the client side.
+    fn passive_text(&self, ext: bool, port: u16) -> Vec<u8> {
+        match (ext, self.p.client_side.announce) {
+            (true, _) => {
+                format!("229 Entering Extended Passive Mode (|||{port}|)\r\n").into_bytes()
+            }
+            (false, IpAddr::V4(ip)) => format!(
+                "227 Entering Passive Mode ({}).\r\n",
+                encode_port_arg(SocketAddrV4::new(ip, port))
+            )
+            .into_bytes(),
+            (false, IpAddr::V6(_)) => b"425 PASV needs an IPv4 address; use EPSV.\r\n".to_vec(),
+        }
     }
 
     fn open_channel(
@@ -672,25 +996,26 @@ impl Session {
         plan: &DataPlan,
         client_active: bool,
         data: &mut dyn DataChannels,
-    ) -> Result<(ChannelId, u16), DataOpenError> {
+    ) -> Result<(ChannelId, Ports), DataOpenError> {
         self.cancel_prepared(data);
         let id = self.next_channel;
         self.next_channel += 1;
-        let port = data.open(id, plan).inspect_err(|e| {
+        let ports = data.open(id, plan).inspect_err(|e| {
             tracing::warn!(error = %e, "cannot open data channel");
         });
-        if port == Err(DataOpenError::Exhausted) {
+        if ports == Err(DataOpenError::Exhausted) {
             self.refuse(Rule::DataPortsExhausted);
         }
-        let port = port?;
+        let ports = ports?;
         self.channels.push(Channel {
             id,
             client_active,
             state: ChannelState::Waiting,
             transfer: None,
+            server_port: None,
         });
         self.prepared = Some(id);
-        Ok((id, port))
+        Ok((id, ports))
     }
 
     /// A newer `PASV`/`PORT` replaces an announced channel that nobody used.
@@ -755,7 +1080,7 @@ impl Session {
                 // Replies in other phases (a server that talks before its TCP handshake
                 // completed cannot exist); keep the phase and pass the text on.
                 self.phase = phase;
-                self.enqueue(reply.code, reply.raw);
+                self.enqueue(reply.code, reply.raw, None);
                 self.flush();
             }
         }
@@ -764,7 +1089,7 @@ impl Session {
     fn on_greeting(&mut self, reply: Reply) {
         self.phase = Phase::Greeting;
         let code = reply.code;
-        self.enqueue(code, reply.raw);
+        self.enqueue(code, reply.raw, None);
         self.flush();
         match code {
             Some(220) => self.phase = Phase::Relay,
@@ -807,7 +1132,12 @@ impl Session {
 
     fn on_relay_reply(&mut self, reply: Reply, data: &mut dyn DataChannels) {
         if !reply.is_final() {
-            self.enqueue(reply.code, reply.raw);
+            // A preliminary reply (150) belongs to the command at the head of the queue.
+            let channel = match self.pending.front() {
+                Some(Pending::Server(Awaiting::Transfer(id))) => *id,
+                _ => None,
+            };
+            self.enqueue(reply.code, reply.raw, channel);
             self.flush();
             return;
         }
@@ -822,40 +1152,88 @@ impl Session {
             None => Awaiting::Other,
         };
         let code = reply.code;
-        let mut passthrough = false;
         if matches!(code, Some(227 | 229)) && !matches!(awaiting, Awaiting::Passive { .. }) {
             // Rule 3: only the answer to the outstanding PASV/EPSV counts; this is text.
             tracing::info!(rule = %Rule::UnsolicitedPassiveReply, "passing a 227/229 that answers no PASV/EPSV as text");
             self.refuse(Rule::UnsolicitedPassiveReply);
         }
+        let mut passthrough = false;
+        let mut resolved = false;
         match awaiting {
-            Awaiting::Passive {
-                client_ext,
-                sent_ext,
-            } => {
-                let bytes = self.passive_reply(reply, client_ext, sent_ext, data);
-                self.enqueue(reply_code(&bytes), bytes);
+            Awaiting::Passive { sent_ext, then } => {
+                if sent_ext && self.may_fall_back() && ext_unsupported(code) {
+                    self.fall_back(Awaiting::Passive {
+                        sent_ext: false,
+                        then,
+                    });
+                    return;
+                }
+                if sent_ext && code == Some(229) {
+                    self.server_ext = Some(true);
+                }
+                resolved = true;
+                match then {
+                    PassiveUse::Client { ext } => {
+                        let bytes = self.passive_reply(reply, ext, sent_ext, data);
+                        self.enqueue(reply_code(&bytes), bytes, None);
+                    }
+                    PassiveUse::Convert { target } => {
+                        self.passive_for_active_client(reply, sent_ext, target, data)
+                    }
+                }
             }
-            Awaiting::Active(id) => {
-                if !matches!(code, Some(200..=299)) {
+            Awaiting::Active {
+                id,
+                port,
+                sent_ext,
+                converted,
+            } => {
+                if sent_ext && self.may_fall_back() && ext_unsupported(code) {
+                    self.fall_back(Awaiting::Active {
+                        id,
+                        port,
+                        sent_ext: false,
+                        converted,
+                    });
+                    return;
+                }
+                let ok = matches!(code, Some(200..=299));
+                if sent_ext && ok {
+                    self.server_ext = Some(true);
+                }
+                resolved = true;
+                if !ok {
                     self.drop_channel(id, data);
                 }
-                self.enqueue(code, reply.raw);
+                match (converted, ok) {
+                    (false, _) => self.enqueue(code, reply.raw, None),
+                    (true, true) => self.send_held_transfer(Some(id)),
+                    (true, false) => self.fail_held_transfer(&format!(
+                        "the server refused PORT: {}",
+                        String::from_utf8_lossy(reply.last_text()).trim_end()
+                    )),
+                }
+            }
+            Awaiting::Transfer(id) => {
+                if let Some(id) = id.filter(|_| code.is_some_and(|c| c >= 400)) {
+                    // The transfer failed: its channel will carry nothing more, and must not
+                    // hold later replies.
+                    if let Some(ch) = self.drop_channel(id, data) {
+                        let why = format!("server replied {}", code.unwrap_or_default());
+                        self.record_transfer(ch, None, Some(why));
+                    }
+                }
+                self.enqueue(code, reply.raw, id);
             }
             Awaiting::Auth => {
                 passthrough = code == Some(234);
-                self.enqueue(code, reply.raw);
+                self.enqueue(code, reply.raw, None);
             }
-            Awaiting::Other => {
-                if code.is_some_and(|c| c >= 400) {
-                    self.abandon_waiting_active(data);
-                }
-                self.enqueue(code, reply.raw);
-            }
+            Awaiting::Other => self.enqueue(code, reply.raw, None),
         }
         while let Some(Pending::Local(_)) = self.pending.front() {
             if let Some(Pending::Local(bytes)) = self.pending.pop_front() {
-                self.enqueue(reply_code(&bytes), bytes);
+                self.enqueue(reply_code(&bytes), bytes, None);
             }
         }
         self.flush();
@@ -870,37 +1248,50 @@ impl Session {
             if !rest.is_empty() {
                 self.actions.push(Action::ToServer(rest));
             }
+            return;
+        }
+        if resolved && self.holding {
+            self.release(data);
         }
     }
 
-    /// Builds the client's reply to `PASV`/`EPSV` from the server's.
-    fn passive_reply(
-        &mut self,
-        reply: Reply,
-        client_ext: bool,
-        sent_ext: bool,
-        data: &mut dyn DataChannels,
-    ) -> Vec<u8> {
+    /// The server rejected `EPSV`/`EPRT`: remember that, and send `PASV`/`PORT` instead.
+    /// Client lines are still held, so the retry keeps its place.
+    fn fall_back(&mut self, retry: Awaiting) {
+        self.server_ext = Some(false);
+        tracing::info!("server does not support EPSV/EPRT; using PASV/PORT for this session");
+        let command = match retry {
+            Awaiting::Active { port, .. } => match self.p.server_side.announce {
+                IpAddr::V4(ip) => {
+                    format!("PORT {}\r\n", encode_port_arg(SocketAddrV4::new(ip, port)))
+                }
+                // may_fall_back() and send_active() only retry IPv4 announcements.
+                IpAddr::V6(_) => return,
+            },
+            _ => "PASV\r\n".to_owned(),
+        };
+        self.actions.push(Action::ToServer(command.into_bytes()));
+        self.pending.push_front(Pending::Server(retry));
+    }
+
+    /// Where the server's `227`/`229` says to connect: always the server's control address
+    /// (rule 5), with its port. `Err` carries the reply for the client.
+    fn server_data_addr(&mut self, reply: &Reply, sent_ext: bool) -> Result<SocketAddr, Vec<u8>> {
         let expected = if sent_ext { 229 } else { 227 };
-        if reply.code != Some(expected) {
-            return reply.raw;
-        }
-        let Some(server) = self.server else {
-            return reply.raw;
+        let server = self.server.filter(|_| reply.code == Some(expected));
+        let Some(server) = server else {
+            return Err(reply.raw.clone());
         };
         let found = if sent_ext {
-            find_229(reply.last_text()).map(|(port, span)| (None, port, span))
+            find_229(reply.last_text()).map(|(port, _)| (None, port))
         } else {
-            find_227(reply.last_text()).map(|(addr, span)| (Some(*addr.ip()), addr.port(), span))
+            find_227(reply.last_text()).map(|(addr, _)| (Some(*addr.ip()), addr.port()))
         };
-        let (named_ip, server_port, span) = match found {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(rule = %Rule::MalformedPassiveReply, error = %e, "unparsable passive reply");
-                self.refuse(Rule::MalformedPassiveReply);
-                return b"425 Cannot parse the server's passive reply.\r\n".to_vec();
-            }
-        };
+        let (named_ip, server_port) = found.map_err(|e| {
+            tracing::warn!(rule = %Rule::MalformedPassiveReply, error = %e, "unparsable passive reply");
+            self.refuse(Rule::MalformedPassiveReply);
+            b"425 Cannot parse the server's passive reply.\r\n".to_vec()
+        })?;
         if let Some(ip) = named_ip {
             if IpAddr::V4(ip) != server.ip().to_canonical() {
                 self.refuse(Rule::PassiveAddressIgnored);
@@ -918,40 +1309,111 @@ impl Session {
         if server_port < 1024 && !self.p.allow_privileged_ports {
             tracing::warn!(rule = %Rule::PrivilegedPort, port = server_port, "refused privileged passive port");
             self.refuse(Rule::PrivilegedPort);
-            return b"425 Refused: the server offered a data port below 1024.\r\n".to_vec();
+            return Err(b"425 Refused: the server offered a data port below 1024.\r\n".to_vec());
         }
+        Ok(SocketAddr::new(server.ip(), server_port))
+    }
+
+    /// Builds the client's reply to `PASV`/`EPSV` from the server's.
+    fn passive_reply(
+        &mut self,
+        reply: Reply,
+        client_ext: bool,
+        sent_ext: bool,
+        data: &mut dyn DataChannels,
+    ) -> Vec<u8> {
+        let dial = match self.server_data_addr(&reply, sent_ext) {
+            Ok(dial) => dial,
+            Err(bytes) => return bytes,
+        };
         let plan = DataPlan {
-            listen: self.p.client_side.address,
-            listener_faces: Side::Client,
-            expect_peer: self.p.client.ip().to_canonical(),
-            dial: SocketAddr::new(server.ip(), server_port),
-            dial_from: DialSource::Bind(self.p.server_side.address),
+            client: Endpoint::Accept {
+                on: self.p.client_side.address,
+                peer: self.p.client.ip().to_canonical(),
+            },
+            server: Endpoint::Dial {
+                to: dial,
+                from: DialSource::Bind(self.p.server_side.address),
+            },
         };
         let port = match self.open_channel(&plan, false, data) {
-            Ok((_, port)) => port,
+            Ok((_, ports)) => ports.client.unwrap_or_default(),
             Err(e) => return format!("425 Cannot open data connection: {e}.\r\n").into_bytes(),
         };
-        let offset = reply.last_text_offset();
-        let span = offset + span.start..offset + span.end;
         self.actions.push(Action::Rewrote(if client_ext {
             Rewrite::Reply229
         } else {
             Rewrite::Reply227
         }));
-        match (client_ext, self.p.client_side.announce) {
-            (true, _) if sent_ext => splice(&reply.raw, span, port.to_string().as_bytes()),
-            (true, _) => {
-                format!("229 Entering Extended Passive Mode (|||{port}|)\r\n").into_bytes()
+        // Keep the server's own text where the reply keeps its form.
+        let span = if sent_ext {
+            find_229(reply.last_text()).ok().map(|(_, span)| span)
+        } else {
+            find_227(reply.last_text()).ok().map(|(_, span)| span)
+        };
+        let offset = reply.last_text_offset();
+        match (span, client_ext == sent_ext, self.p.client_side.announce) {
+            (Some(span), true, IpAddr::V4(ip)) if !sent_ext => splice(
+                &reply.raw,
+                offset + span.start..offset + span.end,
+                encode_port_arg(SocketAddrV4::new(ip, port)).as_bytes(),
+            ),
+            (Some(span), true, _) if sent_ext => splice(
+                &reply.raw,
+                offset + span.start..offset + span.end,
+                port.to_string().as_bytes(),
+            ),
+            _ => self.passive_text(client_ext, port),
+        }
+    }
+
+    /// `server_mode: passive`: the server's answer to ftpgate's own `PASV`/`EPSV` for a
+    /// client that asked to be connected to at `target`. Opens a channel that dials both,
+    /// then sends the held transfer command.
+    fn passive_for_active_client(
+        &mut self,
+        reply: Reply,
+        sent_ext: bool,
+        target: SocketAddr,
+        data: &mut dyn DataChannels,
+    ) {
+        let dial = match self.server_data_addr(&reply, sent_ext) {
+            Ok(dial) => dial,
+            Err(bytes) => {
+                let text = String::from_utf8_lossy(&bytes).trim_end().to_owned();
+                self.fail_held_transfer(&format!("passive mode toward the server failed: {text}"));
+                return;
             }
-            (false, IpAddr::V4(ip)) => {
-                let numbers = encode_port_arg(SocketAddrV4::new(ip, port));
-                if sent_ext {
-                    format!("227 Entering Passive Mode ({numbers}).\r\n").into_bytes()
+        };
+        let Some(server) = self.server else { return };
+        let plan = DataPlan {
+            client: Endpoint::Dial {
+                to: target,
+                from: self.client_dial_source(server),
+            },
+            server: Endpoint::Dial {
+                to: dial,
+                from: DialSource::Bind(self.p.server_side.address),
+            },
+        };
+        match self.open_channel(&plan, true, data) {
+            Ok((id, _)) => {
+                self.actions.push(Action::Rewrote(if sent_ext {
+                    Rewrite::Reply229
                 } else {
-                    splice(&reply.raw, span, numbers.as_bytes())
+                    Rewrite::Reply227
+                }));
+                tracing::debug!(channel = id, client = %target, server = %dial, "active client, passive server");
+                if let Some(line) = self.held.front() {
+                    if let Some(transfer) = transfer_command(&clean_line(line)) {
+                        if let Some(ch) = self.channels.iter_mut().find(|c| c.id == id) {
+                            ch.transfer = Some(transfer);
+                        }
+                    }
                 }
+                self.send_held_transfer(Some(id));
             }
-            (false, IpAddr::V6(_)) => b"425 PASV needs an IPv4 address; use EPSV.\r\n".to_vec(),
+            Err(e) => self.fail_held_transfer(&e.to_string()),
         }
     }
 
@@ -1009,48 +1471,33 @@ impl Session {
         Some(self.channels.remove(pos))
     }
 
-    /// A transfer command failed: an active-mode channel still waiting for the server will
-    /// never be used, so it must not keep holding replies.
-    fn abandon_waiting_active(&mut self, data: &mut dyn DataChannels) {
-        let waiting: Vec<ChannelId> = self
-            .channels
-            .iter()
-            .filter(|c| c.client_active && c.state == ChannelState::Waiting)
-            .map(|c| c.id)
-            .collect();
-        if !waiting.is_empty() && self.outq.front().is_some_and(|o| is_preliminary(o.code)) {
-            for id in waiting {
-                self.drop_channel(id, data);
-            }
-        }
+    fn enqueue(&mut self, code: Option<u16>, bytes: Vec<u8>, channel: Option<ChannelId>) {
+        self.outq.push_back(Outgoing {
+            code,
+            bytes,
+            channel,
+        });
     }
 
-    fn enqueue(&mut self, code: Option<u16>, bytes: Vec<u8>) {
-        self.outq.push_back(Outgoing { code, bytes });
-    }
-
-    /// Whether a reply must wait for a data channel.
-    fn gated(&self, code: Option<u16>) -> bool {
-        if is_preliminary(code) {
+    /// Whether a reply must wait for its transfer's data channel.
+    fn gated(&self, out: &Outgoing) -> bool {
+        let Some(ch) = out
+            .channel
+            .and_then(|id| self.channels.iter().find(|c| c.id == id))
+        else {
+            return false;
+        };
+        if is_preliminary(out.code) {
             // Active mode: the client's data connection must exist before its 150.
-            return self
-                .channels
-                .iter()
-                .any(|c| c.client_active && c.state == ChannelState::Waiting);
+            return ch.client_active && ch.state == ChannelState::Waiting;
         }
-        if matches!(code, Some(226 | 250)) {
-            // The transfer's bytes reach the client before its completion reply.
-            return self
-                .channels
-                .iter()
-                .any(|c| c.state == ChannelState::Established);
-        }
-        false
+        // The transfer's bytes reach the client before its completion reply.
+        out.code.is_some_and(|c| c < 300) && ch.state != ChannelState::ServerDone
     }
 
     fn flush(&mut self) {
         while let Some(head) = self.outq.front() {
-            if self.gated(head.code) {
+            if self.gated(head) {
                 break;
             }
             if let Some(out) = self.outq.pop_front() {
@@ -1083,6 +1530,22 @@ impl Session {
         self.send_client(reply.into());
         self.close();
     }
+}
+
+/// A transfer command's verb (upper case) and argument (for the log, at most 512
+/// characters), or `None` for other lines.
+fn transfer_command(clean: &[u8]) -> Option<(String, String)> {
+    let cl = split_command(clean)?;
+    TRANSFER_COMMANDS
+        .iter()
+        .any(|(verb, _)| cl.verb.eq_ignore_ascii_case(verb.as_bytes()))
+        .then(|| {
+            let argument = String::from_utf8_lossy(cl.arg.unwrap_or_default());
+            (
+                String::from_utf8_lossy(cl.verb).to_ascii_uppercase(),
+                argument.chars().take(512).collect(),
+            )
+        })
 }
 
 fn is_preliminary(code: Option<u16>) -> bool {

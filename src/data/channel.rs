@@ -15,7 +15,7 @@ use super::ports::PortLease;
 use super::splice::{splice_until_eof, Pipe};
 use crate::config::RelayMode;
 use crate::rules::Rule;
-use crate::session::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Side};
+use crate::session::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Endpoint};
 use crate::sys;
 use crate::telemetry;
 
@@ -62,20 +62,29 @@ pub struct ChannelContext {
     pub relay: RelayMode,
 }
 
-/// Runs a data channel to its end, reporting events. The lease (and with it the port) is
-/// released as soon as the listener is no longer needed.
-pub async fn run(
-    id: ChannelId,
-    listener: TcpListener,
-    lease: PortLease,
-    plan: DataPlan,
-    ctx: ChannelContext,
-) {
-    let mode = match plan.listener_faces {
-        Side::Client => "passive",
-        Side::Server => "active",
-    };
-    let outcome = establish_and_relay(id, listener, lease, &plan, &ctx, mode).await;
+/// A bound one-shot listener with the pool lease that holds its port.
+#[derive(Debug)]
+pub struct Listening {
+    /// The listener.
+    pub listener: TcpListener,
+    /// Returns the port to the pool when dropped.
+    pub lease: PortLease,
+}
+
+/// The listeners of one channel, one per [`Endpoint::Accept`] end of its plan.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The client's end, if the client connects to ftpgate.
+    pub client: Option<Listening>,
+    /// The server's end, if the server connects to ftpgate.
+    pub server: Option<Listening>,
+}
+
+/// Runs a data channel to its end, reporting events. The leases (and with them the ports)
+/// are released as soon as the listeners are no longer needed.
+pub async fn run(id: ChannelId, listeners: Listeners, plan: DataPlan, ctx: ChannelContext) {
+    let mode = plan.client_mode();
+    let outcome = establish_and_relay(id, listeners, &plan, &ctx, mode).await;
     telemetry::data_channel_done(&ctx.gateway, mode, outcome.is_ok());
     let event = match outcome {
         Ok(stats) => {
@@ -101,26 +110,26 @@ pub async fn run(
 
 async fn establish_and_relay(
     id: ChannelId,
-    listener: TcpListener,
-    lease: PortLease,
+    listeners: Listeners,
     plan: &DataPlan,
     ctx: &ChannelContext,
     mode: &'static str,
 ) -> Result<DataStats, ChannelError> {
     let opened = Instant::now();
-    let accept = accept_expected(&listener, plan.expect_peer, ctx);
-    let (client, server) = match plan.listener_faces {
-        // Passive: connect to the server's data port while the client is on its way, as a
-        // direct client does right after PASV; the handshake leaves the critical path.
-        Side::Client => tokio::try_join!(accept, dial_plan(plan, ctx))?,
-        // Active: dial the client only once the server has connected for a transfer.
-        Side::Server => {
-            let server = accept.await?;
-            (dial_plan(plan, ctx).await?, server)
+    let client = connect_end(&plan.client, listeners.client.as_ref(), ctx);
+    let server = connect_end(&plan.server, listeners.server.as_ref(), ctx);
+    let (client, server) = match (&plan.client, &plan.server) {
+        // Active mode: dial the client only once the server has connected for a transfer.
+        (Endpoint::Dial { .. }, Endpoint::Accept { .. }) => {
+            let server = server.await?;
+            (client.await?, server)
         }
+        // Passive mode: connect to the server's data port while the client is on its way,
+        // as a direct client does right after PASV; the handshake leaves the critical path.
+        // The conversions (dial both, accept both) also wait for both at once.
+        _ => tokio::try_join!(client, server)?,
     };
-    drop(listener);
-    drop(lease);
+    drop(listeners);
     let _ = ctx.events.send((id, DataEvent::Established));
     let established = Instant::now();
     telemetry::data_setup_seconds(&ctx.gateway, mode, (established - opened).as_secs_f64());
@@ -134,14 +143,22 @@ async fn establish_and_relay(
     })
 }
 
-/// Dials the plan's target within the channel timeout.
-async fn dial_plan(plan: &DataPlan, ctx: &ChannelContext) -> Result<TcpStream, ChannelError> {
-    dial(plan.dial, plan.dial_from, ctx.timeout)
-        .await
-        .map_err(|source| ChannelError::Dial {
-            to: plan.dial,
-            source,
-        })
+/// Gets one end's connection: accepted on its listener, or dialled.
+async fn connect_end(
+    end: &Endpoint,
+    listening: Option<&Listening>,
+    ctx: &ChannelContext,
+) -> Result<TcpStream, ChannelError> {
+    match (end, listening) {
+        (Endpoint::Accept { peer, .. }, Some(l)) => accept_expected(&l.listener, *peer, ctx).await,
+        (Endpoint::Dial { to, from }, _) => dial(*to, *from, ctx.timeout)
+            .await
+            .map_err(|source| ChannelError::Dial { to: *to, source }),
+        (Endpoint::Accept { .. }, None) => Err(ChannelError::Accept(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "no listener for an accepting end",
+        ))),
+    }
 }
 
 /// Accepts connections until one comes from `expected`; others are closed at once and do
@@ -304,11 +321,14 @@ mod tests {
         let port = lease.port();
         let (tx, events) = mpsc::unbounded_channel();
         let plan = DataPlan {
-            listen: LOCAL,
-            listener_faces: Side::Client,
-            expect_peer,
-            dial: server,
-            dial_from: DialSource::Bind(LOCAL),
+            client: Endpoint::Accept {
+                on: LOCAL,
+                peer: expect_peer,
+            },
+            server: Endpoint::Dial {
+                to: server,
+                from: DialSource::Bind(LOCAL),
+            },
         };
         let ctx = ChannelContext {
             gateway: "test".into(),
@@ -316,13 +336,14 @@ mod tests {
             events: tx,
             relay,
         };
-        tokio::spawn(run(
-            7,
-            TcpListener::from_std(listener).unwrap(),
-            lease,
-            plan,
-            ctx,
-        ));
+        let listeners = Listeners {
+            client: Some(Listening {
+                listener: TcpListener::from_std(listener).unwrap(),
+                lease,
+            }),
+            server: None,
+        };
+        tokio::spawn(run(7, listeners, plan, ctx));
         Started { port, events, pool }
     }
 

@@ -24,6 +24,19 @@ pub enum EpsvArg {
     All,
 }
 
+/// The argument of the RFC 6384 `ALGS` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlgsArg {
+    /// `ALGS STATUS64`: is IPv6/IPv4 translation on?
+    Status64,
+    /// `ALGS ENABLE64`.
+    Enable64,
+    /// `ALGS DISABLE64`.
+    Disable64,
+    /// Anything else.
+    Unknown,
+}
+
 /// A client command as far as the gateway cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -52,6 +65,8 @@ pub enum Command<'a> {
     Abor,
     /// `REIN`.
     Rein,
+    /// `ALGS` (RFC 6384), answered by the gateway.
+    Algs(AlgsArg),
     /// Any other line, including ones that are not commands at all.
     Other,
 }
@@ -123,6 +138,13 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
         Command::Abor
     } else if is("REIN") {
         Command::Rein
+    } else if is("ALGS") {
+        Command::Algs(match arg.map(<[u8]>::to_ascii_uppercase).as_deref() {
+            Some(b"STATUS64") => AlgsArg::Status64,
+            Some(b"ENABLE64") => AlgsArg::Enable64,
+            Some(b"DISABLE64") => AlgsArg::Disable64,
+            _ => AlgsArg::Unknown,
+        })
     } else {
         Command::Other
     }

@@ -14,12 +14,17 @@ struct MockData {
 }
 
 impl DataChannels for MockData {
-    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<u16, DataOpenError> {
+    /// Client-side listeners get 50000, 50001, …; server-side ones 60000, 60001, ….
+    fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
         if let Some(e) = &self.fail {
             return Err(e.clone());
         }
         self.opened.push((id, plan.clone()));
-        Ok(50000 + self.opened.len() as u16 - 1)
+        let n = self.opened.len() as u16 - 1;
+        Ok(Ports {
+            client: plan.client.accepts().then_some(50000 + n),
+            server: plan.server.accepts().then_some(60000 + n),
+        })
     }
     fn cancel(&mut self, id: ChannelId) {
         self.cancelled.push(id);
@@ -93,6 +98,18 @@ impl Harness {
     }
 }
 
+/// Where a plain-mode channel connects to (the server in passive mode, the client in active).
+fn dialled(plan: &DataPlan) -> SocketAddr {
+    match (&plan.client, &plan.server) {
+        (Endpoint::Dial { to, .. }, _) | (_, Endpoint::Dial { to, .. }) => *to,
+        _ => panic!("nothing dialled: {plan:?}"),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
 fn to_client(s: &str) -> Action {
     Action::ToClient(s.as_bytes().to_vec())
 }
@@ -112,13 +129,18 @@ fn passive_reply_is_rewritten_and_dials_the_server() {
         )]
     );
     let (_, plan) = &h.data.opened[0];
-    assert_eq!(plan.listen, "10.0.0.1".parse::<IpAddr>().unwrap());
-    assert_eq!(plan.listener_faces, Side::Client);
-    assert_eq!(plan.expect_peer, "10.0.0.5".parse::<IpAddr>().unwrap());
-    assert_eq!(plan.dial, "192.0.2.10:5001".parse().unwrap());
     assert_eq!(
-        plan.dial_from,
-        DialSource::Bind("203.0.113.1".parse().unwrap())
+        plan,
+        &DataPlan {
+            client: Endpoint::Accept {
+                on: ip("10.0.0.1"),
+                peer: ip("10.0.0.5"),
+            },
+            server: Endpoint::Dial {
+                to: "192.0.2.10:5001".parse().unwrap(),
+                from: DialSource::Bind(ip("203.0.113.1")),
+            },
+        }
     );
 }
 
@@ -128,7 +150,10 @@ fn passive_target_is_always_the_servers_control_address() {
     let mut h = Harness::relaying();
     h.client(b"PASV\r\n");
     h.server(b"227 Entering Passive Mode (10,9,9,9,19,137)\r\n");
-    assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:5001".parse().unwrap());
+    assert_eq!(
+        dialled(&h.data.opened[0].1),
+        "192.0.2.10:5001".parse().unwrap()
+    );
     assert_eq!(h.refused, vec![Rule::PassiveAddressIgnored]);
 }
 
@@ -143,27 +168,35 @@ fn epsv_reply_keeps_the_servers_text() {
             "229 Entering Extended Passive Mode (|||50000|)\r\n"
         )]
     );
-    assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:6446".parse().unwrap());
+    assert_eq!(
+        dialled(&h.data.opened[0].1),
+        "192.0.2.10:6446".parse().unwrap()
+    );
 }
 
 #[test]
 fn port_is_rewritten_toward_the_server() {
     let mut h = Harness::relaying();
     let out = h.client(b"PORT 10,0,0,5,4,1\r\n");
-    assert_eq!(out, vec![to_server("PORT 203,0,113,2,195,80\r\n")]);
+    assert_eq!(out, vec![to_server("PORT 203,0,113,2,234,96\r\n")]);
     let (_, plan) = &h.data.opened[0];
-    assert_eq!(plan.listen, "203.0.113.1".parse::<IpAddr>().unwrap());
-    assert_eq!(plan.listener_faces, Side::Server);
-    assert_eq!(plan.expect_peer, "192.0.2.10".parse::<IpAddr>().unwrap());
-    assert_eq!(plan.dial, "10.0.0.5:1025".parse().unwrap());
     assert_eq!(
-        plan.dial_from,
-        DialSource::Bind("10.0.0.1".parse().unwrap())
+        plan,
+        &DataPlan {
+            client: Endpoint::Dial {
+                to: "10.0.0.5:1025".parse().unwrap(),
+                from: DialSource::Bind(ip("10.0.0.1")),
+            },
+            server: Endpoint::Accept {
+                on: ip("203.0.113.1"),
+                peer: ip("192.0.2.10"),
+            },
+        }
     );
     assert_eq!(h.server(b"200 ok\r\n"), vec![to_client("200 ok\r\n")]);
 
     let out = h.client(b"EPRT |1|10.0.0.5|2000|\r\n");
-    assert_eq!(out, vec![to_server("EPRT |1|203.0.113.2|50001|\r\n")]);
+    assert_eq!(out, vec![to_server("EPRT |1|203.0.113.2|60001|\r\n")]);
     // The unused channel of the first PORT was released.
     assert_eq!(h.data.cancelled, vec![1]);
 }
@@ -176,10 +209,10 @@ fn transparent_client_source_binds_the_servers_address() {
     h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
     h.server(b"220 hi\r\n");
     h.client(b"PORT 10,0,0,5,4,1\r\n");
-    assert_eq!(
-        h.data.opened[0].1.dial_from,
-        DialSource::Transparent("192.0.2.10".parse().unwrap())
-    );
+    assert!(matches!(
+        h.data.opened[0].1.client,
+        Endpoint::Dial { from: DialSource::Transparent(from), .. } if from == ip("192.0.2.10")
+    ));
 }
 
 #[test]
@@ -482,7 +515,7 @@ fn ipv6_server_gets_epsv_and_the_client_still_gets_227() {
         )]
     );
     assert_eq!(
-        h.data.opened[0].1.dial,
+        dialled(&h.data.opened[0].1),
         "[2001:db8::10]:7000".parse().unwrap()
     );
 }
@@ -506,9 +539,12 @@ fn privileged_passive_ports_are_refused_unless_allowed() {
     h.server(b"220 hi\r\n");
     h.client(b"PASV\r\n");
     h.server(b"227 Entering Passive Mode (192,0,2,10,0,25)\r\n");
-    assert_eq!(h.data.opened[0].1.dial, "192.0.2.10:25".parse().unwrap());
+    assert_eq!(
+        dialled(&h.data.opened[0].1),
+        "192.0.2.10:25".parse().unwrap()
+    );
     h.client(b"PORT 10,0,0,5,0,20\r\n");
-    assert_eq!(h.data.opened[1].1.dial, "10.0.0.5:20".parse().unwrap());
+    assert_eq!(dialled(&h.data.opened[1].1), "10.0.0.5:20".parse().unwrap());
     assert!(h.refused.is_empty());
 }
 
@@ -569,4 +605,288 @@ fn transfers_are_recorded_with_their_command_file_and_bytes() {
     h.server(b"227 =192,0,2,10,19,137\r\n");
     h.data_ev(3, DataEvent::Failed("timeout".into()));
     assert_eq!(h.transfers.len(), 2);
+}
+
+fn relaying_with(mode: ServerMode) -> Harness {
+    let mut p = params(UpstreamKind::Fixed);
+    p.server_mode = mode;
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    h
+}
+
+#[test]
+fn server_mode_passive_answers_port_and_dials_both_ends() {
+    let mut h = relaying_with(ServerMode::Passive);
+    // The server never sees PORT: ftpgate answers it.
+    let out = h.client(b"PORT 10,0,0,5,4,1\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"200 ")),
+        "{out:?}"
+    );
+    assert_eq!(h.client(b"TYPE I\r\n"), vec![to_server("TYPE I\r\n")]);
+    assert_eq!(
+        h.server(b"200 binary\r\n"),
+        vec![to_client("200 binary\r\n")]
+    );
+    // The transfer command waits behind ftpgate's own PASV, and so does what follows it.
+    assert_eq!(h.client(b"RETR f\r\nNOOP\r\n"), vec![to_server("PASV\r\n")]);
+    assert!(h.data.opened.is_empty());
+    let out = h.server(b"227 Entering Passive Mode (10,1,1,1,19,137)\r\n");
+    assert_eq!(out, vec![to_server("RETR f\r\n"), to_server("NOOP\r\n")]);
+    assert_eq!(
+        h.data.opened[0].1,
+        DataPlan {
+            client: Endpoint::Dial {
+                to: "10.0.0.5:1025".parse().unwrap(),
+                from: DialSource::Bind(ip("10.0.0.1")),
+            },
+            server: Endpoint::Dial {
+                to: "192.0.2.10:5001".parse().unwrap(),
+                from: DialSource::Bind(ip("203.0.113.1")),
+            },
+        }
+    );
+    // Active toward the client: its 150 waits for the connection to the client.
+    assert!(h.server(b"150 here it comes\r\n").is_empty());
+    assert_eq!(
+        h.data_ev(1, DataEvent::Established),
+        vec![to_client("150 here it comes\r\n")]
+    );
+    assert!(h.server(b"226 done\r\n200 noop\r\n").is_empty());
+    assert_eq!(
+        h.data_ev(1, DataEvent::ServerToClientDone),
+        vec![to_client("226 done\r\n"), to_client("200 noop\r\n")]
+    );
+    // The PORT was used up: the next transfer without one goes straight through.
+    assert_eq!(h.client(b"LIST\r\n"), vec![to_server("LIST\r\n")]);
+}
+
+#[test]
+fn server_mode_passive_reports_a_refused_pasv_as_the_transfers_failure() {
+    let mut h = relaying_with(ServerMode::Passive);
+    h.client(b"EPRT |1|10.0.0.5|2000|\r\n");
+    assert_eq!(h.client(b"STOR up\r\n"), vec![to_server("PASV\r\n")]);
+    let out = h.server(b"500 PASV not understood\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+    assert!(h.data.opened.is_empty());
+    // Nothing is held any more.
+    assert_eq!(h.client(b"NOOP\r\n"), vec![to_server("NOOP\r\n")]);
+}
+
+#[test]
+fn server_mode_active_answers_pasv_and_sends_port_at_the_transfer() {
+    let mut h = relaying_with(ServerMode::Active);
+    // The server never sees PASV: ftpgate answers with its own client-side listener.
+    assert_eq!(
+        h.client(b"PASV\r\n"),
+        vec![to_client(
+            "227 Entering Passive Mode (198,51,100,1,195,80).\r\n"
+        )]
+    );
+    assert_eq!(
+        h.data.opened[0].1,
+        DataPlan {
+            client: Endpoint::Accept {
+                on: ip("10.0.0.1"),
+                peer: ip("10.0.0.5"),
+            },
+            server: Endpoint::Accept {
+                on: ip("203.0.113.1"),
+                peer: ip("192.0.2.10"),
+            },
+        }
+    );
+    // At the transfer, the server is told where to connect (port 60000 = 234*256+96).
+    assert_eq!(
+        h.client(b"RETR f\r\n"),
+        vec![to_server("PORT 203,0,113,2,234,96\r\n")]
+    );
+    assert_eq!(h.server(b"200 PORT ok\r\n"), vec![to_server("RETR f\r\n")]);
+    // Passive toward the client: the 150 is not held; the 226 waits for the bytes.
+    assert_eq!(h.server(b"150 go\r\n"), vec![to_client("150 go\r\n")]);
+    h.data_ev(1, DataEvent::Established);
+    assert!(h.server(b"226 done\r\n").is_empty());
+    assert_eq!(
+        h.data_ev(1, DataEvent::ServerToClientDone),
+        vec![to_client("226 done\r\n")]
+    );
+    assert_eq!(
+        h.client(b"EPSV\r\n"),
+        vec![to_client(
+            "229 Entering Extended Passive Mode (|||50001|)\r\n"
+        )]
+    );
+}
+
+#[test]
+fn server_mode_active_reports_a_refused_port_and_frees_the_channel() {
+    let mut h = relaying_with(ServerMode::Active);
+    h.client(b"EPSV\r\n");
+    h.client(b"LIST\r\n");
+    let out = h.server(b"500 PORT disabled\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+    assert_eq!(h.data.cancelled, vec![1]);
+}
+
+#[test]
+fn epsv_falls_back_to_pasv_for_servers_that_do_not_know_it() {
+    let mut h = Harness::relaying();
+    // Lines after the EPSV wait until the server has answered it.
+    assert_eq!(h.client(b"EPSV\r\nRETR f\r\n"), vec![to_server("EPSV\r\n")]);
+    assert_eq!(
+        h.server(b"500 'EPSV': command not understood.\r\n"),
+        vec![to_server("PASV\r\n")]
+    );
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert_eq!(
+        out,
+        vec![
+            to_client("229 Entering Extended Passive Mode (|||50000|)\r\n"),
+            to_server("RETR f\r\n"),
+        ]
+    );
+    assert_eq!(
+        dialled(&h.data.opened[0].1),
+        "192.0.2.10:5001".parse().unwrap()
+    );
+    // Remembered for the session: the next EPSV goes out as PASV at once.
+    assert_eq!(h.client(b"EPSV\r\n"), vec![to_server("PASV\r\n")]);
+}
+
+#[test]
+fn eprt_falls_back_to_port_for_servers_that_do_not_know_it() {
+    let mut h = Harness::relaying();
+    assert_eq!(
+        h.client(b"EPRT |1|10.0.0.5|2000|\r\nLIST\r\n"),
+        vec![to_server("EPRT |1|203.0.113.2|60000|\r\n")]
+    );
+    assert_eq!(
+        h.server(b"502 EPRT not implemented\r\n"),
+        vec![to_server("PORT 203,0,113,2,234,96\r\n")]
+    );
+    assert_eq!(
+        h.server(b"200 PORT ok\r\n"),
+        vec![to_client("200 PORT ok\r\n"), to_server("LIST\r\n")]
+    );
+}
+
+#[test]
+fn an_epsv_error_passes_through_when_translation_is_off() {
+    let mut h = Harness::relaying();
+    assert_eq!(
+        h.client(b"ALGS STATUS64\r\n"),
+        vec![to_client("216 ENABLED\r\n")]
+    );
+    let out = h.client(b"ALGS DISABLE64\r\n");
+    assert!(matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"200 ")));
+    assert_eq!(
+        h.client(b"ALGS STATUS64\r\n"),
+        vec![to_client("216 DISABLED\r\n")]
+    );
+    assert_eq!(
+        h.client(b"EPSV\r\nNOOP\r\n"),
+        vec![to_server("EPSV\r\n"), to_server("NOOP\r\n")]
+    );
+    assert_eq!(h.server(b"500 no\r\n"), vec![to_client("500 no\r\n")]);
+    let out = h.client(b"ALGS BOGUS\r\n");
+    assert!(out.is_empty(), "waits for the NOOP's reply: {out:?}");
+    let out = h.server(b"200 noop\r\n");
+    assert_eq!(out[0], to_client("200 noop\r\n"));
+    assert!(matches!(&out[1], Action::ToClient(b) if b.starts_with(b"501 ")));
+}
+
+#[test]
+fn epsv_all_is_answered_here_and_then_only_epsv_is_allowed() {
+    let mut h = Harness::relaying();
+    let out = h.client(b"EPSV ALL\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"200 ")),
+        "{out:?}"
+    );
+    for line in [
+        &b"PASV\r\n"[..],
+        b"PORT 10,0,0,5,4,1\r\n",
+        b"EPRT |1|10.0.0.5|2000|\r\n",
+    ] {
+        let out = h.client(line);
+        assert!(
+            matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"503 ")),
+            "{out:?}"
+        );
+    }
+    assert_eq!(h.client(b"EPSV\r\n"), vec![to_server("EPSV\r\n")]);
+}
+
+#[test]
+fn ipv6_client_to_ipv4_server_is_translated() {
+    let mut p = params(UpstreamKind::Fixed);
+    p.client = "[2001:db8::5]:40001".parse().unwrap();
+    p.client_side = SideAddrs {
+        address: ip("2001:db8::1"),
+        announce: ip("2001:db8::1"),
+    };
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    // EPRT |2| becomes an IPv4 EPRT toward the server; the channel dials the IPv6 client.
+    assert_eq!(
+        h.client(b"EPRT |2|2001:db8::5|2000|\r\n"),
+        vec![to_server("EPRT |1|203.0.113.2|60000|\r\n")]
+    );
+    assert_eq!(
+        dialled(&h.data.opened[0].1),
+        "[2001:db8::5]:2000".parse().unwrap()
+    );
+    h.server(b"200 ok\r\n");
+    // An IPv6 client cannot use PASV, nor ask for an IPv4 EPSV.
+    let out = h.client(b"PASV\r\n");
+    assert!(matches!(&out[..], [Action::ToServer(_)]), "{out:?}");
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+    let out = h.client(b"EPSV 1\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "522 Network protocol not supported, use (2).\r\n"
+        )]
+    );
+    // EPSV 2 is served by ftpgate's IPv6 listener; the server is asked in its own family.
+    assert_eq!(h.client(b"EPSV 2\r\n"), vec![to_server("EPSV\r\n")]);
+    assert_eq!(
+        h.server(b"229 Extended (|||6446|)\r\n"),
+        vec![to_client("229 Extended (|||50002|)\r\n")]
+    );
+    assert!(matches!(
+        h.data.opened[2].1.client,
+        Endpoint::Accept { on, peer } if on == ip("2001:db8::1") && peer == ip("2001:db8::5")
+    ));
+}
+
+#[test]
+fn a_failed_transfer_frees_its_channel_and_is_recorded() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"RETR missing\r\n");
+    assert_eq!(
+        h.server(b"550 No such file.\r\n"),
+        vec![to_client("550 No such file.\r\n")]
+    );
+    assert_eq!(h.data.cancelled, vec![1]);
+    assert_eq!(h.transfers.len(), 1);
+    assert_eq!(
+        h.transfers[0].failure.as_deref(),
+        Some("server replied 550")
+    );
 }
