@@ -1,6 +1,8 @@
 //! Loopback integration tests with real peers: a pyftpdlib server, curl and Python ftplib
 //! clients, through the publish and the explicit-proxy roles, in each of PASV, EPSV, PORT
-//! and EPRT. Every transferred file is checked by SHA-256.
+//! and EPRT; then mode conversion (`server_mode`) against passive-only and active-only
+//! servers, and RFC 959-only servers (no EPSV/EPRT) for IPv4 and IPv6 clients. Every
+//! transferred file is checked by SHA-256.
 
 mod common;
 
@@ -37,7 +39,13 @@ enum Client {
 const DOWN_SIZE: usize = 4 * 1024 * 1024 + 123;
 const UP_SIZE: usize = 3 * 1024 * 1024 + 7;
 
-fn gateway_yaml(role: Role, server_port: u16, relay: &str) -> String {
+/// Server options: answer these commands with 500, as servers configured for one mode
+/// only, or written before RFC 2428, do.
+const PASSIVE_ONLY: &[&str] = &["--disable", "PORT,EPRT"];
+const ACTIVE_ONLY: &[&str] = &["--disable", "PASV,EPSV"];
+const RFC959_ONLY: &[&str] = &["--disable", "EPSV,EPRT"];
+
+fn gateway_yaml(role: Role, server_port: u16, relay: &str, server_mode: &str) -> String {
     let upstream = match role {
         Role::Publish | Role::PublishV6 => format!("\"127.0.0.1:{server_port}\""),
         Role::Explicit => "\"user@host\"\n    deny_servers: []".to_owned(),
@@ -56,6 +64,7 @@ gateways:
     server_side: {{ address: 127.0.0.1 }}
     data_ports: "{ports}"
     relay: {relay}
+    server_mode: {server_mode}
 log: {{ level: warn }}
 "#,
         ports = data_ports(50)
@@ -158,14 +167,19 @@ impl Run<'_> {
 }
 
 fn transfers(role: Role, client: Client, mode: Mode) {
-    let server = PyFtpd::start(&[]);
+    transfers_with(role, client, mode, &[], "same");
+}
+
+/// LIST, RETR and STOR through `role`, against a server started with `server_args`.
+fn transfers_with(role: Role, client: Client, mode: Mode, server_args: &[&str], server_mode: &str) {
+    let server = PyFtpd::start(server_args);
     let down_sha = random_file(&server.file("down.bin"), DOWN_SIZE, 1);
     // Both relays end to end: splice (the default) for curl, the portable copy for ftplib.
     let relay = match client {
         Client::Curl => "splice",
         Client::Ftplib => "copy",
     };
-    let gateway = Gateway::start(&gateway_yaml(role, server.port, relay));
+    let gateway = Gateway::start(&gateway_yaml(role, server.port, relay, server_mode));
     let work = tempfile::tempdir().unwrap();
     let up = work.path().join("up.bin");
     let up_sha = random_file(&up, UP_SIZE, 2);
@@ -233,7 +247,7 @@ fn passive_reply_names_the_gateway_port() {
     // The client is told ftpgate's data port, not the server's: the data really crosses
     // the gateway.
     let server = PyFtpd::start(&["--passive-ports", "47000-47009"]);
-    let yaml = gateway_yaml(Role::Publish, server.port, "splice");
+    let yaml = gateway_yaml(Role::Publish, server.port, "splice", "same");
     let range = yaml
         .lines()
         .find_map(|l| l.trim().strip_prefix("data_ports: "))
@@ -301,4 +315,32 @@ log: {{ level: warn }}
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("421") && err.contains("not allowed"), "{err}");
+}
+
+macro_rules! conversions {
+    ($($name:ident: $role:ident, $client:ident, $mode:ident, $server:expr, $server_mode:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            transfers_with(Role::$role, Client::$client, Mode::$mode, $server, $server_mode);
+        }
+    )*};
+}
+
+conversions! {
+    // server_mode: passive — an active client, a server that refuses PORT/EPRT.
+    to_passive_curl_port: Publish, Curl, Port, PASSIVE_ONLY, "passive";
+    to_passive_curl_eprt: Publish, Curl, Eprt, PASSIVE_ONLY, "passive";
+    to_passive_ftplib_port: Explicit, Ftplib, Port, PASSIVE_ONLY, "passive";
+    to_passive_ipv6_ftplib_eprt: PublishV6, Ftplib, Eprt, PASSIVE_ONLY, "passive";
+    // server_mode: active — a passive client, a server that refuses PASV/EPSV.
+    to_active_curl_pasv: Publish, Curl, Pasv, ACTIVE_ONLY, "active";
+    to_active_curl_epsv: Publish, Curl, Epsv, ACTIVE_ONLY, "active";
+    to_active_ftplib_epsv: Explicit, Ftplib, Epsv, ACTIVE_ONLY, "active";
+    to_active_ipv6_curl_epsv: PublishV6, Curl, Epsv, ACTIVE_ONLY, "active";
+    // RFC 959-only server: EPSV/EPRT fall back to PASV/PORT (an IPv6 client has no other way).
+    rfc959_server_curl_epsv: Publish, Curl, Epsv, RFC959_ONLY, "same";
+    rfc959_server_ftplib_eprt: Publish, Ftplib, Eprt, RFC959_ONLY, "same";
+    rfc959_server_ipv6_curl_epsv: PublishV6, Curl, Epsv, RFC959_ONLY, "same";
+    rfc959_server_ipv6_curl_eprt: PublishV6, Curl, Eprt, RFC959_ONLY, "same";
+    rfc959_server_ipv6_ftplib_epsv: PublishV6, Ftplib, Epsv, RFC959_ONLY, "same";
 }
