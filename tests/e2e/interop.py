@@ -94,6 +94,123 @@ log:
 """
 
 
+# IPv6, FTP64 and mode conversion: gateways of one ftpgate process (ftpgate only; the
+# kernel helper has no equivalent). lan6 is an IPv6-only LAN; the internet and the DMZ are
+# dual-stack; IPv4-only servers listen only on their IPv4 address.
+BEYOND_CONFIG = """
+gateways:
+  - name: out6
+    listen: "[2001:db8:6::1]:2121"
+    upstream: transparent
+    client_side: { address: "2001:db8:6::1" }
+    server_side: { address: "2001:db8:b::1" }
+    data_ports: "42000-42199"
+    client_source: gateway
+  - name: pub6
+    listen: "[2001:db8:b::1]:21"
+    upstream: "[2001:db8:c::10]:21"
+    client_side: { address: "2001:db8:b::1" }
+    server_side: { address: "2001:db8:c::1" }
+    data_ports: "42200-42299"
+  - name: pub6-2200
+    listen: "[2001:db8:b::1]:2200"
+    upstream: "[2001:db8:c::10]:2200"
+    client_side: { address: "2001:db8:b::1" }
+    server_side: { address: "2001:db8:c::1" }
+    data_ports: "42300-42399"
+  - name: exp6
+    listen: "[2001:db8:6::1]:2126"
+    upstream: "user@host"
+    client_side: { address: "2001:db8:6::1" }
+    server_side: { address: "2001:db8:b::1" }
+    data_ports: "42400-42599"
+  - name: exp64
+    listen: "[2001:db8:6::1]:2164"
+    upstream: "user@host"
+    client_side: { address: "2001:db8:6::1" }
+    server_side: { address: 203.0.113.1 }
+    data_ports: "42600-42799"
+  - name: pub64-vsftpd
+    listen: "[2001:db8:b::1]:2164"
+    upstream: "10.0.1.10:21"
+    client_side: { address: "2001:db8:b::1" }
+    server_side: { address: 10.0.1.1 }
+    data_ports: "42800-42899"
+  - name: pub64-rfc959
+    listen: "[2001:db8:b::1]:2165"
+    upstream: "10.0.1.10:2165"
+    client_side: { address: "2001:db8:b::1" }
+    server_side: { address: 10.0.1.1 }
+    data_ports: "42900-42999"
+  - name: out-to-passive
+    listen: "10.0.0.1:2131"
+    upstream: transparent
+    client_side: { address: 10.0.0.1 }
+    server_side: { address: 203.0.113.1 }
+    data_ports: "43000-43199"
+    server_mode: passive
+    client_source: server
+  - name: pub-to-passive
+    listen: "203.0.113.1:2101"
+    upstream: "10.0.1.10:2101"
+    client_side: { address: 203.0.113.1 }
+    server_side: { address: 10.0.1.1 }
+    data_ports: "43200-43399"
+    server_mode: passive
+  - name: pub-to-active
+    listen: "203.0.113.1:2102"
+    upstream: "10.0.1.10:2102"
+    client_side: { address: 203.0.113.1 }
+    server_side: { address: 10.0.1.1 }
+    data_ports: "43400-43599"
+    server_mode: active
+  - name: pub-private-227
+    listen: "203.0.113.1:2103"
+    upstream: "10.0.1.10:2103"
+    client_side: { address: 203.0.113.1 }
+    server_side: { address: 10.0.1.1 }
+    data_ports: "43600-43799"
+metrics:
+  listen: "127.0.0.1:9464"
+log:
+  level: info
+"""
+
+BEYOND_RULES = """
+table inet ftpgate_beyond {
+    chain nat_prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "lan6" tcp dport { 21, 2200 } redirect to :2121
+        iifname "lan6" tcp dport 42000-42199 redirect
+        iifname "lan0" tcp dport 2101 redirect to :2131
+        iifname "lan0" tcp dport 43000-43199 redirect
+    }
+    chain mangle_prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        meta l4proto tcp socket transparent 1 meta mark set 0x1
+    }
+    chain input {
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+        ct state invalid drop
+        meta l4proto { icmp, ipv6-icmp } accept
+        tcp dport { 21, 2101-2103, 2121, 2126, 2131, 2164-2165, 2200, 42000-43999 } accept
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+    }
+}
+"""
+
+V6_CLIENTS = [lab.Client(tool, m) for tool in ("curl", "lftp", "ftplib") for m in ("EPSV", "EPRT")]
+ACTIVE_CLIENTS = [lab.Client("curl", "PORT"), lab.Client("curl", "EPRT"),
+                  lab.Client("lftp", "PORT"), lab.Client("ftplib", "PORT")]
+PASSIVE_CLIENTS = [lab.Client("curl", "PASV"), lab.Client("curl", "EPSV"),
+                   lab.Client("lftp", "PASV"), lab.Client("lftp", "EPSV"),
+                   lab.Client("ftplib", "PASV")]
+
+
 class Matrix:
     def __init__(self, topo, binary):
         self.topo, self.binary = topo, binary
@@ -130,6 +247,95 @@ class Matrix:
                     self.run_clients("kernel", role, server)
             for s in servers.values():
                 s.stop()
+
+    def beyond(self):
+        """IPv6 through each role, FTP64 (IPv6-only clients to IPv4-only servers, including
+        one without EPSV/EPRT), every mode conversion against pyftpdlib configured passive-
+        or active-only, and a server announcing a wrong private address in its 227."""
+        topo = self.topo
+        v6 = "2001:db8:6::2"
+        inet6 = "2001:db8:b::10"
+        servers = {
+            "vsftpd6-inet": lab.Vsftpd(topo, "inet", "2001:db8:b::10"),
+            "pyftpdlib6-inet": lab.PyFtpd(topo, "inet", "2001:db8:b::10", 2200),
+            "vsftpd6-dmz": lab.Vsftpd(topo, "dmz", "2001:db8:c::10"),
+            "pyftpdlib6-dmz": lab.PyFtpd(topo, "dmz", "2001:db8:c::10", 2200),
+            "vsftpd4-inet": lab.Vsftpd(topo, "inet", "203.0.113.10"),
+            "rfc959-inet": lab.PyFtpd(topo, "inet", "203.0.113.10", 2100,
+                                      ["--disable", "EPSV,EPRT"]),
+            "vsftpd4-dmz": lab.Vsftpd(topo, "dmz", "10.0.1.10"),
+            "rfc959-dmz": lab.PyFtpd(topo, "dmz", "10.0.1.10", 2165, ["--disable", "EPSV,EPRT"]),
+            "passive-only-inet": lab.PyFtpd(topo, "inet", "203.0.113.10", 2101,
+                                            ["--disable", "PORT,EPRT"]),
+            "passive-only-dmz": lab.PyFtpd(topo, "dmz", "10.0.1.10", 2101,
+                                           ["--disable", "PORT,EPRT"]),
+            "active-only-dmz": lab.PyFtpd(topo, "dmz", "10.0.1.10", 2102,
+                                          ["--disable", "PASV,EPSV"]),
+            "private-227-dmz": lab.PyFtpd(topo, "dmz", "10.0.1.10", 2103,
+                                          ["--masquerade", "192.168.77.7"]),
+        }
+        # (role label, path, server key, server label, clients)
+        cells = []
+        for kind, port in (("vsftpd6", 21), ("pyftpdlib6", 2200)):
+            label = kind[:-1] + " (IPv6)"
+            cells += [
+                ("outbound IPv6", lab.Path("lan6", inet6, port, "anonymous", v6),
+                 kind + "-inet", label, V6_CLIENTS),
+                ("publish IPv6", lab.Path("inet", "2001:db8:b::1", port, "anonymous", inet6),
+                 kind + "-dmz", label, V6_CLIENTS),
+                ("explicit IPv6", lab.Path("lan6", "2001:db8:6::1", 2126,
+                                           "anonymous@[%s]:%d" % (inet6, port), v6),
+                 kind + "-inet", label, V6_CLIENTS),
+            ]
+        cells += [
+            ("FTP64 explicit", lab.Path("lan6", "2001:db8:6::1", 2164,
+                                        "anonymous@203.0.113.10", v6),
+             "vsftpd4-inet", "vsftpd (IPv4)", V6_CLIENTS),
+            ("FTP64 explicit", lab.Path("lan6", "2001:db8:6::1", 2164,
+                                        "anonymous@203.0.113.10:2100", v6),
+             "rfc959-inet", "pyftpdlib (IPv4, no EPSV/EPRT)", V6_CLIENTS),
+            ("FTP64 publish", lab.Path("inet", "2001:db8:b::1", 2164, "anonymous", inet6),
+             "vsftpd4-dmz", "vsftpd (IPv4)", V6_CLIENTS),
+            ("FTP64 publish", lab.Path("inet", "2001:db8:b::1", 2165, "anonymous", inet6),
+             "rfc959-dmz", "pyftpdlib (IPv4, no EPSV/EPRT)", V6_CLIENTS),
+            ("outbound server_mode: passive", lab.Path("lan", "203.0.113.10", 2101, "anonymous"),
+             "passive-only-inet", "pyftpdlib (passive only)", ACTIVE_CLIENTS),
+            ("publish server_mode: passive", lab.Path("inet", "203.0.113.1", 2101, "anonymous"),
+             "passive-only-dmz", "pyftpdlib (passive only)", ACTIVE_CLIENTS),
+            ("publish server_mode: active", lab.Path("inet", "203.0.113.1", 2102, "anonymous"),
+             "active-only-dmz", "pyftpdlib (active only)", PASSIVE_CLIENTS),
+            ("publish, 227 names 192.168.77.7", lab.Path("inet", "203.0.113.1", 2103,
+                                                          "anonymous"),
+             "private-227-dmz", "pyftpdlib (wrong 227)", PASSIVE_CLIENTS),
+        ]
+        config = os.path.join(topo.work, "beyond.yaml")
+        with open(config, "w") as f:
+            f.write(BEYOND_CONFIG)
+        topo.router_rules(text=BEYOND_RULES)
+        gw = lab.Ftpgate(topo, self.binary, config, "beyond", "[2001:db8:6::1]:2121")
+        for role, path, key, label, clients in cells:
+            server = servers[key]
+            for client in clients:
+                tag = "beyond-%s-%s-%s-%s" % (role.replace(" ", "_").replace(":", ""), key,
+                                             client.tool, client.mode)
+                ok, detail = lab.run_cell(topo, tag, client, path, server)
+                self.record(role, label, client, "ftpgate", ok, detail)
+        samples = lab.scrape(topo)
+        refused = lab.metric(samples, "ftpgate_refusals_total", gateway="pub-private-227",
+                             reason="passive_address_ignored")
+        gw.stop()
+        with open(gw.log, errors="replace") as f:
+            mismatch = [line for line in f if "announced another address" in line]
+        per_session = {}
+        for line in mismatch:
+            sid = line.split("session{id=", 1)[-1].split()[0] if "session{id=" in line else "?"
+            per_session[sid] = per_session.get(sid, 0) + 1
+        self.check("wrong 227 address logged once per session",
+                   bool(per_session) and max(per_session.values()) == 1 and bool(refused),
+                   "%d sessions logged it, at most %d times each; %s refusals counted"
+                   % (len(per_session), max(per_session.values(), default=0), refused))
+        for server in servers.values():
+            server.stop()
 
     def check(self, name, ok, detail):
         self.checks.append((name, ok, detail))
@@ -302,7 +508,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
     ap.add_argument("--servers", default="vsftpd,pure-ftpd,pyftpdlib")
-    ap.add_argument("--skip-extra", action="store_true", help="only the matrix")
+    ap.add_argument("--sections", default="matrix,beyond,concurrency,faults",
+                    help="which parts to run (comma-separated; default: all)")
     ap.add_argument("--write-doc", help="write the table into this markdown file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
@@ -317,10 +524,12 @@ def main():
     m = Matrix(topo, args.ftpgate)
     try:
         topo.up()
-        m.matrix(args.servers.split(","))
-        if not args.skip_extra:
-            m.concurrency()
-            m.faults()
+        sections = args.sections.split(",")
+        if "matrix" in sections:
+            m.matrix(args.servers.split(","))
+        for section in ("beyond", "concurrency", "faults"):
+            if section in sections:
+                getattr(m, section)()
     finally:
         topo.down()
     print()

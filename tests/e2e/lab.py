@@ -25,7 +25,7 @@ DOWN_SIZE = 3 * 1024 * 1024 + 11
 UP_SIZE = 2 * 1024 * 1024 + 5
 
 # Each client namespace's own address (curl's "--ftp-port -" is unreliable in 7.88).
-CLIENT_ADDRESS = {"lan": "10.0.0.2", "inet": "203.0.113.10"}
+CLIENT_ADDRESS = {"lan": "10.0.0.2", "inet": "203.0.113.10", "lan6": "2001:db8:6::2"}
 
 # The explicit role needs no rules; the forward chain is closed to prove it.
 FORWARD_DROP_RULES = """
@@ -70,7 +70,8 @@ def missing_tools():
 class Topology:
     def __init__(self, work):
         tag = "fg%d" % (os.getpid() % 100000)
-        self.ns = {role: "%s-%s" % (tag, role) for role in ("lan", "rtr", "inet", "dmz")}
+        self.ns = {role: "%s-%s" % (tag, role)
+                   for role in ("lan", "rtr", "inet", "dmz", "lan6")}
         self.work = work
         self.procs = []
 
@@ -85,20 +86,33 @@ class Topology:
             self.ip("netns", "add", name)
             self.ip("-n", name, "link", "set", "lo", "up")
         rtr = self.ns["rtr"]
-        for side, peer, rtr_addr, peer_addr in (
-            ("lan0", "lan", "10.0.0.1/24", "10.0.0.2/24"),
-            ("wan0", "inet", "203.0.113.1/24", "203.0.113.10/24"),
-            ("dmz0", "dmz", "10.0.1.1/24", "10.0.1.10/24"),
+        # The router, the internet and the DMZ are dual-stack (IPv6 from the documentation
+        # prefix); lan is IPv4-only and lan6 IPv6-only.
+        for side, peer, rtr_addrs, peer_addrs in (
+            ("lan0", "lan", ["10.0.0.1/24"], ["10.0.0.2/24"]),
+            ("wan0", "inet", ["203.0.113.1/24", "2001:db8:b::1/64"],
+             ["203.0.113.10/24", "2001:db8:b::10/64"]),
+            ("dmz0", "dmz", ["10.0.1.1/24", "2001:db8:c::1/64"],
+             ["10.0.1.10/24", "2001:db8:c::10/64"]),
+            ("lan6", "lan6", ["2001:db8:6::1/64"], ["2001:db8:6::2/64"]),
         ):
             self.ip("link", "add", side, "netns", rtr, "type", "veth",
                     "peer", "name", "eth0", "netns", self.ns[peer])
-            self.ip("-n", rtr, "addr", "add", rtr_addr, "dev", side)
+            for ns, dev in ((rtr, side), (self.ns[peer], "eth0")):
+                # No duplicate address detection: addresses are usable at once.
+                self.ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.%s.accept_dad=0" % dev)
+            for addr in rtr_addrs:
+                self.ip("-n", rtr, "addr", "add", addr, "dev", side, "nodad")
             self.ip("-n", rtr, "link", "set", side, "up")
-            self.ip("-n", self.ns[peer], "addr", "add", peer_addr, "dev", "eth0")
+            for addr in peer_addrs:
+                self.ip("-n", self.ns[peer], "addr", "add", addr, "dev", "eth0", "nodad")
             self.ip("-n", self.ns[peer], "link", "set", "eth0", "up")
         self.ip("-n", self.ns["lan"], "route", "add", "default", "via", "10.0.0.1")
         self.ip("-n", self.ns["dmz"], "route", "add", "default", "via", "10.0.1.1")
+        self.ip("-n", self.ns["dmz"], "-6", "route", "add", "default", "via", "2001:db8:c::1")
+        self.ip("-n", self.ns["lan6"], "-6", "route", "add", "default", "via", "2001:db8:6::1")
         self.run("rtr", ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        self.run("rtr", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
         self.run("rtr", ["sh", os.path.join(REPO, "deploy/outbound-policy-routing.sh")], check=True)
 
     def spawn(self, where, cmd, log_name):
@@ -141,8 +155,8 @@ class Topology:
 
 
 def wait_port(topo, where, host, port, timeout=10):
-    probe = ("import socket,sys\ns=socket.socket()\ns.settimeout(1)\n"
-             "sys.exit(s.connect_ex((%r,%d)))" % (host, port))
+    probe = ("import socket,sys\ntry:\n socket.create_connection((%r,%d),1)\n"
+             "except OSError:\n sys.exit(1)" % (host, port))
     deadline = time.time() + timeout
     while time.time() < deadline:
         if topo.run(where, ["python3", "-c", probe]).returncode == 0:
@@ -157,8 +171,9 @@ class Server:
 
     name = "?"
 
-    def __init__(self, topo, where, address, port=21):
+    def __init__(self, topo, where, address, port=21, args=()):
         self.topo, self.where, self.address, self.port = topo, where, address, port
+        self.args = list(args)
         self.root = tempfile.mkdtemp(dir=topo.work, prefix="root-%s-%s-%d-" % (self.name, where, port))
         os.makedirs(os.path.join(self.root, "upload"))
         os.chmod(topo.work, 0o755)
@@ -192,7 +207,11 @@ class Vsftpd(Server):
         conf = os.path.join(self.root + ".conf")
         with open(conf, "w") as f:
             f.write("\n".join([
+                "listen=NO", "listen_ipv6=YES", "listen_address6=" + self.address,
+            ] if ":" in self.address else [
                 "listen=YES", "listen_ipv6=NO", "listen_address=" + self.address,
+            ]) + "\n".join([
+                "",
                 "listen_port=%d" % self.port,
                 "background=NO", "anonymous_enable=YES", "local_enable=NO",
                 "write_enable=YES", "anon_upload_enable=YES", "anon_umask=022",
@@ -225,7 +244,8 @@ class PyFtpd(Server):
 
     def command(self):
         return ["python3", os.path.join(SUPPORT, "ftpserver.py"), "--host", self.address,
-                "--port", str(self.port), "--root", self.root, "--passive-ports", "30000-30999"]
+                "--port", str(self.port), "--root", self.root,
+                "--passive-ports", "30000-30999"] + self.args
 
 
 SERVERS = {cls.name: cls for cls in (Vsftpd, PureFtpd, PyFtpd)}
@@ -238,7 +258,7 @@ class Ftpgate:
         self.proc = topo.spawn("rtr", [binary, "run", "--config", os.path.join(REPO, config)],
                                "ftpgate-%s.log" % name)
         host, port = listen.rsplit(":", 1)
-        wait_port(topo, "rtr", host, int(port))
+        wait_port(topo, "rtr", host.strip("[]"), int(port))
 
     def stop(self):
         self.topo.stop(self.proc)
@@ -255,9 +275,9 @@ class Client:
     def label(self):
         return "%s %s" % (self.tool, self.mode)
 
-    def run(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+    def run(self, topo, path, down, got, up, remote_up, timeout):
         """LIST, RETR DOWN into GOT, STOR UP as REMOTE_UP; returns (ok, detail, listing)."""
-        args = (topo, where, host, port, user, down, got, up, remote_up, timeout)
+        args = (topo, path, down, got, up, remote_up, timeout)
         try:
             if self.tool == "curl":
                 return self._curl(*args)
@@ -267,18 +287,20 @@ class Client:
         except subprocess.TimeoutExpired:
             return False, "timed out", ""
 
-    def _curl(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+    def _curl(self, topo, path, down, got, up, remote_up, timeout):
+        where = path.where
         mode_args = {
             "EPSV": ["--ftp-pasv"],
             "PASV": ["--ftp-pasv", "--disable-epsv"],
-            "EPRT": ["--ftp-port", CLIENT_ADDRESS[where]],
-            "PORT": ["--ftp-port", CLIENT_ADDRESS[where], "--disable-eprt"],
+            "EPRT": ["--ftp-port", path.active],
+            "PORT": ["--ftp-port", path.active, "--disable-eprt"],
         }[self.mode]
-        base = "ftp://%s:guest@%s:%d/" % (urllib.parse.quote(user, safe=""), host, port)
+        base = "ftp://%s:guest@%s:%d/" % (urllib.parse.quote(path.user, safe=""),
+                                          path.url_host, path.port)
         listing = ""
         for what, url, extra in (("LIST", base, []), ("RETR", base + down, ["-o", got]),
                                  ("STOR", base + remote_up, ["-T", up])):
-            r = topo.run(where, ["curl", "-sS", "-v", "--max-time", str(timeout),
+            r = topo.run(where, ["curl", "-sS", "-v", "-g", "--max-time", str(timeout),
                                  "--connect-timeout", "5"] + mode_args + extra + [url],
                          capture_output=True, timeout=timeout + 10)
             log = r.stderr.decode(errors="replace")
@@ -293,20 +315,22 @@ class Client:
                 listing = r.stdout.decode(errors="replace")
         return True, "", listing
 
-    def _lftp(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
+    def _lftp(self, topo, path, down, got, up, remote_up, timeout):
         settings = {
             "PASV": ["set ftp:passive-mode on", "set ftp:prefer-epsv no"],
             "EPSV": ["set ftp:passive-mode on", "set ftp:prefer-epsv yes"],
             "PORT": ["set ftp:passive-mode off"],
+            # lftp sends EPRT by itself on IPv6 control connections.
+            "EPRT": ["set ftp:passive-mode off"],
         }[self.mode]
         script = "; ".join([
             "set cmd:fail-exit yes", "set net:max-retries 1", "set net:timeout %d" % timeout,
             "set net:reconnect-interval-base 1",
         ] + settings + [
-            "open -u '%s',guest -p %d ftp://%s" % (user, port, host),
+            "open -u '%s',guest -p %d ftp://%s" % (path.user, path.port, path.url_host),
             "cls -1", "get %s -o %s" % (down, got), "put %s -o %s" % (up, remote_up),
         ])
-        r = topo.run(where, ["lftp", "-d", "-c", script], capture_output=True,
+        r = topo.run(path.where, ["lftp", "-d", "-c", script], capture_output=True,
                      timeout=3 * timeout + 10)
         log = r.stderr.decode(errors="replace")
         if r.returncode != 0:
@@ -315,13 +339,14 @@ class Client:
             return False, "lftp did not use %s" % self.mode, ""
         return True, "", r.stdout.decode(errors="replace")
 
-    def _ftplib(self, topo, where, host, port, user, down, got, up, remote_up, timeout):
-        base = ["python3", os.path.join(SUPPORT, "ftpclient.py"), "--host", host, "--port",
-                str(port), "--mode", self.mode, "--user", user, "--timeout", str(timeout)]
+    def _ftplib(self, topo, path, down, got, up, remote_up, timeout):
+        base = ["python3", os.path.join(SUPPORT, "ftpclient.py"), "--host", path.host, "--port",
+                str(path.port), "--mode", self.mode, "--user", path.user,
+                "--timeout", str(timeout)]
         listing = ""
         for what, op in (("LIST", ["list"]), ("RETR", ["get", down, got]),
                          ("STOR", ["put", up, remote_up])):
-            r = topo.run(where, base + op, capture_output=True, timeout=timeout + 10)
+            r = topo.run(path.where, base + op, capture_output=True, timeout=timeout + 10)
             if r.returncode != 0:
                 return False, "%s: %s" % (what, r.stderr.decode(errors="replace").strip()[-160:]), ""
             if what == "LIST":
@@ -359,10 +384,16 @@ def data_connection_failed(curl_log):
 
 class Path:
     """How a client reaches a server: from which namespace, to which host and port, with
-    which user name."""
+    which user name; ACTIVE is the client's own address for PORT/EPRT (by default its
+    namespace's IPv4 address)."""
 
-    def __init__(self, where, host, port, user):
+    def __init__(self, where, host, port, user, active=None):
         self.where, self.host, self.port, self.user = where, host, port, user
+        self.active = active or CLIENT_ADDRESS[where]
+
+    @property
+    def url_host(self):
+        return "[%s]" % self.host if ":" in self.host else self.host
 
 
 def run_cell(topo, tag, client, path, server, timeout=20, down=("down.bin", None)):
@@ -373,8 +404,7 @@ def run_cell(topo, tag, client, path, server, timeout=20, down=("down.bin", None
     up_sha = random_file(up, UP_SIZE)
     got = os.path.join(topo.work, "got-%s.bin" % tag)
     remote_up = "upload/up-%s.bin" % tag
-    ok, detail, listing = client.run(topo, path.where, path.host, path.port, path.user,
-                                     down_name, got, up, remote_up, timeout)
+    ok, detail, listing = client.run(topo, path, down_name, got, up, remote_up, timeout)
     if not ok:
         return False, detail
     if down_name not in listing:
