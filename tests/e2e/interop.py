@@ -129,7 +129,13 @@ gateways:
     upstream: "user@host"
     client_side: { address: "2001:db8:6::1" }
     server_side: { address: 203.0.113.1 }
-    data_ports: "42600-42799"
+    data_ports: "42600-42699"
+  - name: exp46
+    listen: "10.0.0.1:2146"
+    upstream: "user@host"
+    client_side: { address: 10.0.0.1 }
+    server_side: { address: "2001:db8:b::1" }
+    data_ports: "42700-42799"
   - name: pub64-vsftpd
     listen: "[2001:db8:b::1]:2164"
     upstream: "10.0.1.10:21"
@@ -195,7 +201,7 @@ table inet ftpgate_beyond {
         ct state established,related accept
         ct state invalid drop
         meta l4proto { icmp, ipv6-icmp } accept
-        tcp dport { 21, 2101-2103, 2121, 2126, 2131, 2164-2165, 2200, 42000-43999 } accept
+        tcp dport { 21, 2101-2103, 2121, 2126, 2131, 2146, 2164-2165, 2200, 42000-43999 } accept
     }
     chain forward {
         type filter hook forward priority filter; policy drop;
@@ -294,6 +300,9 @@ class Matrix:
             ("FTP64 explicit", lab.Path("lan6", "2001:db8:6::1", 2164,
                                         "anonymous@203.0.113.10:2100", v6),
              "rfc959-inet", "pyftpdlib (IPv4, no EPSV/EPRT)", V6_CLIENTS),
+            ("IPv4 client, IPv6 server", lab.Path("lan", "10.0.0.1", 2146,
+                                                  "anonymous@[%s]" % inet6),
+             "vsftpd6-inet", "vsftpd (IPv6)", CLIENTS),
             ("FTP64 publish", lab.Path("inet", "2001:db8:b::1", 2164, "anonymous", inet6),
              "vsftpd4-dmz", "vsftpd (IPv4)", V6_CLIENTS),
             ("FTP64 publish", lab.Path("inet", "2001:db8:b::1", 2165, "anonymous", inet6),
