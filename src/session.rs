@@ -9,7 +9,12 @@
 //!   that a `227`/`229` is honoured only as the answer to the outstanding `PASV`/`EPSV` and
 //!   replies ftpgate writes itself keep their place among the server's;
 //! - the data channels it announced, and the reply gate that keeps a transfer's `150` behind
-//!   an established active-mode connection and its `226` behind the last relayed byte.
+//!   an established active-mode connection and its `226` behind the last relayed byte;
+//! - what it sends the server on its own: `PASV`/`PORT` for `server_mode` conversions and
+//!   the `EPSV`/`EPRT` → `PASV`/`PORT` fallback for RFC 959-only servers. While such a
+//!   command awaits its answer, later client lines are held, so order is never changed;
+//! - across address families (FTP64, RFC 6384 behaviour) it speaks each side's family:
+//!   `229` ↔ `227`, `EPRT |2|` ↔ `EPRT |1|`/`PORT`; `EPSV ALL` and `ALGS` are answered here.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
