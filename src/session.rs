@@ -701,7 +701,9 @@ impl Session {
             }
             Command::Other => {
                 let transfer = transfer_command(&clean);
-                self.on_other(line, transfer);
+                let rest =
+                    split_command(&clean).is_some_and(|c| c.verb.eq_ignore_ascii_case(b"REST"));
+                self.on_other(line, transfer, rest);
             }
             Command::User(_) | Command::Quit => self.forward(line, Awaiting::Other),
         }
@@ -725,40 +727,43 @@ impl Session {
         self.reply_local(reply.to_vec());
     }
 
-    /// Any command ftpgate does not act on, transfer commands included.
-    fn on_other(&mut self, line: Vec<u8>, transfer: Option<(String, String)>) {
-        let Some(transfer) = transfer else {
-            self.forward(line, Awaiting::Other);
-            return;
-        };
-        if let Some(target) = self.port_target.take() {
-            // server_mode: passive: ask the server for a port first; the transfer command
-            // follows once ftpgate can dial both ends.
-            let sent_ext = self.server.is_some_and(|s| s.is_ipv6());
-            self.hold_first(line);
-            let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
-            self.forward(
-                command.to_vec(),
-                Awaiting::Passive {
-                    sent_ext,
-                    then: PassiveUse::Convert { target },
-                },
-            );
-            return;
-        }
-        let id = self.assign_transfer(transfer);
-        let convert = id.and_then(|id| {
-            let ch = self.channels.iter_mut().find(|c| c.id == id)?;
-            ch.server_port.take().map(|port| (id, port))
-        });
-        match convert {
-            Some((id, port)) => {
-                // server_mode: active: tell the server where to connect, then send the
-                // transfer command.
+    /// Any command ftpgate does not act on: `transfer` for transfer commands, `rest` for
+    /// `REST`. A conversion starts at the transfer command, or at the `REST` before it: `REST`
+    /// must stay right in front of its transfer command (RFC 959 §4.1.3).
+    fn on_other(&mut self, line: Vec<u8>, transfer: Option<(String, String)>, rest: bool) {
+        if transfer.is_some() || rest {
+            if let Some(target) = self.port_target.take() {
+                // server_mode: passive: ask the server for a port first; the held lines
+                // follow once ftpgate can dial both ends.
+                let sent_ext = self.server.is_some_and(|s| s.is_ipv6());
+                self.hold_first(line);
+                let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
+                self.forward(
+                    command.to_vec(),
+                    Awaiting::Passive {
+                        sent_ext,
+                        then: PassiveUse::Convert { target },
+                    },
+                );
+                return;
+            }
+            let convert = self.prepared.and_then(|id| {
+                let ch = self.channels.iter_mut().find(|c| c.id == id)?;
+                ch.server_port.take().map(|port| (id, port))
+            });
+            if let Some((id, port)) = convert {
+                // server_mode: active: tell the server where to connect first.
                 self.hold_first(line);
                 self.send_active(id, port, false, true);
+                return;
             }
-            None => self.forward(line, Awaiting::Transfer(id)),
+        }
+        match transfer {
+            Some(transfer) => {
+                let id = self.assign_transfer(transfer);
+                self.forward(line, Awaiting::Transfer(id));
+            }
+            None => self.forward(line, Awaiting::Other),
         }
     }
 
@@ -785,11 +790,16 @@ impl Session {
     }
 
     /// Forwards a held transfer command once its data channel is arranged.
-    fn send_held_transfer(&mut self, id: Option<ChannelId>) {
+    /// The first held line is the transfer command, or the REST in front of it (which then
+    /// goes as is; the transfer command follows with the other held lines).
+    fn send_held_transfer(&mut self) {
         if let Some(line) = self.held.pop_front() {
+            let awaiting = match transfer_command(&clean_line(&line)) {
+                Some(transfer) => Awaiting::Transfer(self.assign_transfer(transfer)),
+                None => Awaiting::Other,
+            };
             self.actions.push(Action::ToServer(line));
-            self.pending
-                .push_back(Pending::Server(Awaiting::Transfer(id)));
+            self.pending.push_back(Pending::Server(awaiting));
         }
     }
 
@@ -1212,7 +1222,7 @@ impl Session {
                 }
                 match (converted, ok) {
                     (false, _) => self.enqueue(code, reply.raw, None),
-                    (true, true) => self.send_held_transfer(Some(id)),
+                    (true, true) => self.send_held_transfer(),
                     (true, false) => self.fail_held_transfer(&format!(
                         "the server refused PORT: {}",
                         String::from_utf8_lossy(reply.last_text()).trim_end()
@@ -1409,14 +1419,7 @@ impl Session {
                     Rewrite::Reply227
                 }));
                 tracing::debug!(channel = id, client = %target, server = %dial, "active client, passive server");
-                if let Some(line) = self.held.front() {
-                    if let Some(transfer) = transfer_command(&clean_line(line)) {
-                        if let Some(ch) = self.channels.iter_mut().find(|c| c.id == id) {
-                            ch.transfer = Some(transfer);
-                        }
-                    }
-                }
-                self.send_held_transfer(Some(id));
+                self.send_held_transfer();
             }
             Err(e) => self.fail_held_transfer(&e.to_string()),
         }

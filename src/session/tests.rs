@@ -890,3 +890,47 @@ fn a_failed_transfer_frees_its_channel_and_is_recorded() {
         Some("server replied 550")
     );
 }
+
+#[test]
+fn conversions_keep_rest_right_before_its_transfer_command() {
+    // server_mode: passive: PASV goes before the REST, not between REST and RETR.
+    let mut h = relaying_with(ServerMode::Passive);
+    h.client(b"PORT 10,0,0,5,4,1\r\n");
+    assert_eq!(
+        h.client(b"REST 100\r\nRETR f\r\n"),
+        vec![to_server("PASV\r\n")]
+    );
+    assert_eq!(
+        h.server(b"227 =192,0,2,10,19,137\r\n"),
+        vec![to_server("REST 100\r\n"), to_server("RETR f\r\n")]
+    );
+    assert_eq!(
+        h.server(b"350 restarting\r\n"),
+        vec![to_client("350 restarting\r\n")]
+    );
+    h.data_ev(1, DataEvent::Established);
+    assert_eq!(h.server(b"150 go\r\n"), vec![to_client("150 go\r\n")]);
+    h.data_ev(1, DataEvent::ServerToClientDone);
+    assert_eq!(h.server(b"226 done\r\n"), vec![to_client("226 done\r\n")]);
+    h.data_ev(
+        1,
+        DataEvent::Finished(DataStats {
+            to_server: 0,
+            to_client: 9,
+            seconds: 0.1,
+        }),
+    );
+    assert_eq!(h.transfers[0].command, "RETR");
+
+    // server_mode: active: PORT goes before the REST.
+    let mut h = relaying_with(ServerMode::Active);
+    h.client(b"PASV\r\n");
+    assert_eq!(
+        h.client(b"REST 7\r\nSTOR f\r\n"),
+        vec![to_server("PORT 203,0,113,2,234,96\r\n")]
+    );
+    assert_eq!(
+        h.server(b"200 ok\r\n"),
+        vec![to_server("REST 7\r\n"), to_server("STOR f\r\n")]
+    );
+}
