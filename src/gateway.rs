@@ -30,6 +30,9 @@ use crate::session::{
 };
 use crate::telemetry;
 
+/// How long a closing session waits for data channels that are only closing their sockets.
+const FINISHING_GRACE: Duration = Duration::from_secs(2);
+
 /// How long connecting to an upstream control port may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -590,6 +593,21 @@ async fn serve(
             let _ = client_wr.shutdown().await;
             if let Some((_, wr)) = &mut server {
                 let _ = wr.shutdown().await;
+            }
+            // A transfer whose bytes are all delivered is only closing its sockets (the
+            // client may QUIT right after the 226): let it report, for the transfer log.
+            let deadline = tokio::time::Instant::now() + FINISHING_GRACE;
+            while session.has_finishing_channels() {
+                match tokio::time::timeout_at(deadline, events_rx.recv()).await {
+                    Ok(Some((id, ev))) => {
+                        for action in session.handle(Event::Data(id, ev), &mut data) {
+                            if let Action::Transfer(record) = action {
+                                log_transfer(&record);
+                            }
+                        }
+                    }
+                    _ => break,
+                }
             }
             return Ok(());
         }

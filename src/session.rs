@@ -489,10 +489,26 @@ impl Session {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// Whether a data channel has delivered everything the server sent and is only
+    /// closing: after [`Action::Close`] the shell lets these report their end (for the
+    /// transfer log) before it stops them.
+    pub fn has_finishing_channels(&self) -> bool {
+        self.channels
+            .iter()
+            .any(|c| c.state == ChannelState::ServerDone)
+    }
+
     /// Feeds one event; returns the actions to perform, in order.
     pub fn handle(&mut self, event: Event<'_>, data: &mut dyn DataChannels) -> Vec<Action> {
         if self.is_closed() {
-            return Vec::new();
+            // Only the end of a data channel still matters: its transfer record.
+            if let Event::Data(id, DataEvent::Finished(stats)) = event {
+                if let Some(pos) = self.channels.iter().position(|c| c.id == id) {
+                    let ch = self.channels.remove(pos);
+                    self.record_transfer(ch, Some(stats), None);
+                }
+            }
+            return std::mem::take(&mut self.actions);
         }
         match event {
             Event::ClientData(bytes) => self.on_client_data(bytes, data),

@@ -934,3 +934,25 @@ fn conversions_keep_rest_right_before_its_transfer_command() {
         vec![to_server("REST 7\r\n"), to_server("STOR f\r\n")]
     );
 }
+
+#[test]
+fn a_transfer_finishing_after_the_session_closed_is_still_recorded() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"RETR f\r\n");
+    h.data_ev(1, DataEvent::Established);
+    h.data_ev(1, DataEvent::ServerToClientDone);
+    h.server(b"226 done\r\n221 bye\r\n");
+    h.ev(Event::ServerClosed);
+    assert!(h.s.is_closed() && h.s.has_finishing_channels());
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 42,
+        seconds: 0.1,
+    };
+    assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
+    assert_eq!(h.transfers.len(), 1);
+    assert_eq!(h.transfers[0].stats, Some(stats));
+    assert!(!h.s.has_finishing_channels());
+}
