@@ -357,6 +357,8 @@ struct RawGateway {
     allow_privileged_ports: bool,
     #[serde(default)]
     relay: RelayMode,
+    #[serde(default)]
+    nat64_prefix: Option<Net>,
 }
 
 fn default_data_ports() -> PortRange {
@@ -409,9 +411,26 @@ pub struct GatewayConfig {
     pub allow_privileged_ports: bool,
     /// How data bytes are relayed.
     pub relay: RelayMode,
+    /// Transparent role behind a NAT64 (RFC 6146): IPv6 destinations in this /96 (such as
+    /// `64:ff9b::/96`) embed the IPv4 server to connect to (RFC 6052).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat64_prefix: Option<Net>,
 }
 
 impl GatewayConfig {
+    /// The IPv4 server a NAT64-synthesized destination stands for, if `nat64_prefix`
+    /// covers it.
+    pub fn nat64_server(&self, dst: IpAddr) -> Option<IpAddr> {
+        let prefix = self.nat64_prefix?;
+        match dst {
+            IpAddr::V6(v6) if prefix.contains(dst) => {
+                let o = v6.octets();
+                Some(IpAddr::from([o[12], o[13], o[14], o[15]]))
+            }
+            _ => None,
+        }
+    }
+
     /// The address written into `227`/`229` replies to clients.
     pub fn client_announce(&self) -> IpAddr {
         self.client_side
@@ -658,8 +677,32 @@ fn resolve_gateway(
             ));
         }
     }
+    if let Some(prefix) = g.nat64_prefix {
+        let problem = match prefix.0 {
+            IpNet::V6(net) if net.prefix_len() == 96 => None,
+            _ => Some(format!("{} is not an IPv6 /96 prefix such as 64:ff9b::/96", prefix.0)),
+        }
+        .or_else(|| {
+            (g.upstream != Upstream::Transparent)
+                .then(|| "needs upstream: transparent".to_owned())
+        })
+        .or_else(|| {
+            (!g.server_side.address.is_ipv4())
+                .then(|| "needs an IPv4 server_side.address (the servers are IPv4)".to_owned())
+        })
+        .or_else(|| {
+            (g.client_source == Some(ClientSource::Server)).then(|| {
+                "cannot be combined with client_source: server (an IPv4 server address \
+                 cannot be the source toward IPv6 clients); use gateway"
+                    .to_owned()
+            })
+        });
+        if let Some(problem) = problem {
+            return Err((key("nat64_prefix"), problem));
+        }
+    }
     let client_source = g.client_source.unwrap_or(match g.upstream {
-        Upstream::Transparent => ClientSource::Server,
+        Upstream::Transparent if g.nat64_prefix.is_none() => ClientSource::Server,
         _ => ClientSource::Gateway,
     });
     if client_source == ClientSource::Server && g.upstream != Upstream::Transparent {
@@ -690,6 +733,7 @@ fn resolve_gateway(
         tls: g.tls,
         allow_privileged_ports: g.allow_privileged_ports,
         relay: g.relay,
+        nat64_prefix: g.nat64_prefix,
     })
 }
 
@@ -750,6 +794,38 @@ gateways:
         assert!(up("2001:db8::10:21").is_err());
         assert!(up("host").is_err());
         assert!(up("host:0").is_err());
+    }
+
+    #[test]
+    fn nat64_prefix_maps_synthesized_destinations_and_is_validated() {
+        const NAT64: &str = r#"
+gateways:
+  - name: out64
+    listen: "[2001:db8:6::1]:2196"
+    upstream: transparent
+    client_side: { address: "2001:db8:6::1" }
+    server_side: { address: 203.0.113.1 }
+    nat64_prefix: "64:ff9b::/96"
+"#;
+        let c = Config::parse(NAT64, "t.yaml").unwrap();
+        let g = &c.gateways[0];
+        assert_eq!(g.client_source, ClientSource::Gateway);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            g.nat64_server(ip("64:ff9b::cb00:710a")),
+            Some(ip("203.0.113.10"))
+        );
+        assert_eq!(g.nat64_server(ip("2001:db8:b::10")), None);
+        assert_eq!(g.nat64_server(ip("203.0.113.10")), None);
+        for (change, why) in [
+            (("64:ff9b::/96", "64:ff9b::/64"), "/96"),
+            (("upstream: transparent", "upstream: \"10.0.0.5:21\""), "transparent"),
+            (("address: 203.0.113.1", "address: \"2001:db8:b::1\""), "IPv4"),
+            (("    nat64_prefix", "    client_source: server\n    nat64_prefix"), "client_source"),
+        ] {
+            let e = error_of(&NAT64.replace(change.0, change.1));
+            assert!(e.contains("gateways[0].nat64_prefix") && e.contains(why), "{e}");
+        }
     }
 
     fn error_of(yaml: &str) -> String {

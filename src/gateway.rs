@@ -412,6 +412,11 @@ fn transparent_target(ctx: &GatewayContext, stream: &TcpStream) -> Result<Socket
         telemetry::refused(&ctx.name, Rule::NotRedirected);
         return Err("this port only serves redirected connections".into());
     }
+    // Behind a NAT64 the client dialled the IPv4 server's synthesized IPv6 address.
+    let dst = match ctx.cfg.nat64_server(dst.ip()) {
+        Some(v4) => SocketAddr::new(v4, dst.port()),
+        None => dst,
+    };
     if !ctx.cfg.server_allowed(dst.ip()) {
         telemetry::refused(&ctx.name, Rule::DenyServers);
         return Err(format!("server {} is not allowed", dst.ip()));

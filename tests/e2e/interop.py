@@ -130,6 +130,13 @@ gateways:
     client_side: { address: "2001:db8:6::1" }
     server_side: { address: 203.0.113.1 }
     data_ports: "42600-42699"
+  - name: out64
+    listen: "[2001:db8:6::1]:2196"
+    upstream: transparent
+    client_side: { address: "2001:db8:6::1" }
+    server_side: { address: 203.0.113.1 }
+    data_ports: "43800-43999"
+    nat64_prefix: "64:ff9b::/96"
   - name: exp46
     listen: "10.0.0.1:2146"
     upstream: "user@host"
@@ -186,6 +193,8 @@ BEYOND_RULES = """
 table inet ftpgate_beyond {
     chain nat_prerouting {
         type nat hook prerouting priority dstnat; policy accept;
+        iifname "lan6" ip6 daddr 64:ff9b::/96 tcp dport { 21, 2100 } redirect to :2196
+        iifname "lan6" ip6 daddr 64:ff9b::/96 tcp dport 43800-43999 redirect
         iifname "lan6" tcp dport { 21, 2200 } redirect to :2121
         iifname "lan6" tcp dport 42000-42199 redirect
         iifname "lan0" tcp dport 2101 redirect to :2131
@@ -201,7 +210,7 @@ table inet ftpgate_beyond {
         ct state established,related accept
         ct state invalid drop
         meta l4proto { icmp, ipv6-icmp } accept
-        tcp dport { 21, 2101-2103, 2121, 2126, 2131, 2146, 2164-2165, 2200, 42000-43999 } accept
+        tcp dport { 21, 2101-2103, 2121, 2126, 2131, 2146, 2164-2165, 2196, 2200, 42000-43999 } accept
     }
     chain forward {
         type filter hook forward priority filter; policy drop;
@@ -300,6 +309,12 @@ class Matrix:
             ("FTP64 explicit", lab.Path("lan6", "2001:db8:6::1", 2164,
                                         "anonymous@203.0.113.10:2100", v6),
              "rfc959-inet", "pyftpdlib (IPv4, no EPSV/EPRT)", V6_CLIENTS),
+            ("FTP64 outbound (NAT64 64:ff9b::/96)",
+             lab.Path("lan6", "64:ff9b::cb00:710a", 21, "anonymous", v6),
+             "vsftpd4-inet", "vsftpd (IPv4)", V6_CLIENTS),
+            ("FTP64 outbound (NAT64 64:ff9b::/96)",
+             lab.Path("lan6", "64:ff9b::cb00:710a", 2100, "anonymous", v6),
+             "rfc959-inet", "pyftpdlib (IPv4, no EPSV/EPRT)", V6_CLIENTS),
             ("IPv4 client, IPv6 server", lab.Path("lan", "10.0.0.1", 2146,
                                                   "anonymous@[%s]" % inet6),
              "vsftpd6-inet", "vsftpd (IPv6)", CLIENTS),
@@ -325,8 +340,8 @@ class Matrix:
         for role, path, key, label, clients in cells:
             server = servers[key]
             for client in clients:
-                tag = "beyond-%s-%s-%s-%s" % (role.replace(" ", "_").replace(":", ""), key,
-                                             client.tool, client.mode)
+                tag = "beyond-%s-%s-%s-%s" % ("".join(c if c.isalnum() else "_" for c in role),
+                                             key, client.tool, client.mode)
                 ok, detail = lab.run_cell(topo, tag, client, path, server)
                 self.record(role, label, client, "ftpgate", ok, detail)
         samples = lab.scrape(topo)
