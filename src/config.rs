@@ -680,11 +680,13 @@ fn resolve_gateway(
     if let Some(prefix) = g.nat64_prefix {
         let problem = match prefix.0 {
             IpNet::V6(net) if net.prefix_len() == 96 => None,
-            _ => Some(format!("{} is not an IPv6 /96 prefix such as 64:ff9b::/96", prefix.0)),
+            _ => Some(format!(
+                "{} is not an IPv6 /96 prefix such as 64:ff9b::/96",
+                prefix.0
+            )),
         }
         .or_else(|| {
-            (g.upstream != Upstream::Transparent)
-                .then(|| "needs upstream: transparent".to_owned())
+            (g.upstream != Upstream::Transparent).then(|| "needs upstream: transparent".to_owned())
         })
         .or_else(|| {
             (!g.server_side.address.is_ipv4())
@@ -819,12 +821,27 @@ gateways:
         assert_eq!(g.nat64_server(ip("203.0.113.10")), None);
         for (change, why) in [
             (("64:ff9b::/96", "64:ff9b::/64"), "/96"),
-            (("upstream: transparent", "upstream: \"10.0.0.5:21\""), "transparent"),
-            (("address: 203.0.113.1", "address: \"2001:db8:b::1\""), "IPv4"),
-            (("    nat64_prefix", "    client_source: server\n    nat64_prefix"), "client_source"),
+            (
+                ("upstream: transparent", "upstream: \"10.0.0.5:21\""),
+                "transparent",
+            ),
+            (
+                ("address: 203.0.113.1", "address: \"2001:db8:b::1\""),
+                "IPv4",
+            ),
+            (
+                (
+                    "    nat64_prefix",
+                    "    client_source: server\n    nat64_prefix",
+                ),
+                "client_source",
+            ),
         ] {
             let e = error_of(&NAT64.replace(change.0, change.1));
-            assert!(e.contains("gateways[0].nat64_prefix") && e.contains(why), "{e}");
+            assert!(
+                e.contains("gateways[0].nat64_prefix") && e.contains(why),
+                "{e}"
+            );
         }
     }
 
