@@ -188,6 +188,15 @@ impl Rewrite {
             Rewrite::Reply229 => "229",
         }
     }
+
+    /// The rewrite of a passive reply: a `229` when `ext`, else a `227`.
+    fn passive_reply(ext: bool) -> Self {
+        if ext {
+            Rewrite::Reply229
+        } else {
+            Rewrite::Reply227
+        }
+    }
 }
 
 /// One transfer's record, for the transfer log (in the spirit of xferlog).
@@ -887,10 +896,7 @@ impl Session {
                 to: addr,
                 from: self.client_dial_source(server),
             },
-            server: Endpoint::Accept {
-                on: self.p.server_side.address,
-                peer: server.ip(),
-            },
+            server: self.server_listener(server),
         };
         let (id, ports) = match self.open_channel(&plan, true, data) {
             Ok(v) => v,
@@ -902,6 +908,22 @@ impl Session {
         let port = ports.server.unwrap_or_default();
         tracing::debug!(channel = id, client = %addr, port, "active data channel");
         self.send_active(id, port, ext, false);
+    }
+
+    /// A listener on the client side that admits only the client.
+    fn client_listener(&self) -> Endpoint {
+        Endpoint::Accept {
+            on: self.p.client_side.address,
+            peer: self.p.client.ip().to_canonical(),
+        }
+    }
+
+    /// A listener on the server side that admits only the server.
+    fn server_listener(&self, server: SocketAddr) -> Endpoint {
+        Endpoint::Accept {
+            on: self.p.server_side.address,
+            peer: server.ip(),
+        }
     }
 
     /// Where connections toward the client start from.
@@ -981,25 +1003,16 @@ impl Session {
     fn passive_to_active(&mut self, ext: bool, data: &mut dyn DataChannels) {
         let Some(server) = self.server else { return };
         let plan = DataPlan {
-            client: Endpoint::Accept {
-                on: self.p.client_side.address,
-                peer: self.p.client.ip().to_canonical(),
-            },
-            server: Endpoint::Accept {
-                on: self.p.server_side.address,
-                peer: server.ip(),
-            },
+            client: self.client_listener(),
+            server: self.server_listener(server),
         };
         let reply = match self.open_channel(&plan, false, data) {
             Ok((id, ports)) => {
                 if let Some(ch) = self.channels.iter_mut().find(|c| c.id == id) {
                     ch.server_port = ports.server;
                 }
-                self.actions.push(Action::Rewrote(if ext {
-                    Rewrite::Reply229
-                } else {
-                    Rewrite::Reply227
-                }));
+                self.actions
+                    .push(Action::Rewrote(Rewrite::passive_reply(ext)));
                 self.passive_text(ext, ports.client.unwrap_or_default())
             }
             Err(e) => format!("425 Cannot open data connection: {e}.\r\n").into_bytes(),
@@ -1358,10 +1371,7 @@ impl Session {
             Err(bytes) => return bytes,
         };
         let plan = DataPlan {
-            client: Endpoint::Accept {
-                on: self.p.client_side.address,
-                peer: self.p.client.ip().to_canonical(),
-            },
+            client: self.client_listener(),
             server: Endpoint::Dial {
                 to: dial,
                 from: DialSource::Bind(self.p.server_side.address),
@@ -1371,11 +1381,8 @@ impl Session {
             Ok((_, ports)) => ports.client.unwrap_or_default(),
             Err(e) => return format!("425 Cannot open data connection: {e}.\r\n").into_bytes(),
         };
-        self.actions.push(Action::Rewrote(if client_ext {
-            Rewrite::Reply229
-        } else {
-            Rewrite::Reply227
-        }));
+        self.actions
+            .push(Action::Rewrote(Rewrite::passive_reply(client_ext)));
         // Keep the server's own text where the reply keeps its form.
         let span = if sent_ext {
             find_229(reply.last_text()).ok().map(|(_, span)| span)
@@ -1429,11 +1436,8 @@ impl Session {
         };
         match self.open_channel(&plan, true, data) {
             Ok((id, _)) => {
-                self.actions.push(Action::Rewrote(if sent_ext {
-                    Rewrite::Reply229
-                } else {
-                    Rewrite::Reply227
-                }));
+                self.actions
+                    .push(Action::Rewrote(Rewrite::passive_reply(sent_ext)));
                 tracing::debug!(channel = id, client = %target, server = %dial, "active client, passive server");
                 self.send_held_transfer();
             }
