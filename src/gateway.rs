@@ -163,10 +163,15 @@ impl Gateways {
     /// Applies a new configuration. New and moved listeners are bound first, so that any
     /// failure leaves everything as it was; gateways that stay get the new settings for
     /// their new sessions; removed ones stop accepting. Live sessions and transfers keep
-    /// the settings they started with.
-    pub fn reload(&mut self, config: &Config) -> Result<(), GatewayError> {
+    /// the settings they started with. Returns once removed listeners are closed.
+    pub async fn reload(&mut self, config: &Config) -> Result<(), GatewayError> {
         let prepared = self.prepare(config)?;
-        self.commit(prepared);
+        for gone in self.commit(prepared) {
+            gone.accept.abort();
+            // The listener closes when the aborted task is dropped.
+            let _ = gone.accept.await;
+            tracing::info!(gateway = %gone.ctx.load().name, "gateway removed; its open sessions continue");
+        }
         Ok(())
     }
 
@@ -217,7 +222,8 @@ impl Gateways {
         Ok(prepared)
     }
 
-    fn commit(&mut self, prepared: Vec<Prepared>) {
+    /// Installs the prepared gateways; returns the ones that are no longer configured.
+    fn commit(&mut self, prepared: Vec<Prepared>) -> Vec<Serving> {
         let mut old: Vec<Option<Serving>> = self.serving.drain(..).map(Some).collect();
         for p in prepared {
             let (serving, what) = match p {
@@ -250,10 +256,7 @@ impl Gateways {
             }
             self.serving.push(serving);
         }
-        for gone in old.into_iter().flatten() {
-            gone.accept.abort();
-            tracing::info!(gateway = %gone.ctx.load().name, "gateway removed; its open sessions continue");
-        }
+        old.into_iter().flatten().collect()
     }
 
     /// The bound control addresses, by gateway name (useful with port 0).

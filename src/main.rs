@@ -110,7 +110,7 @@ async fn serve(mut config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
             _ = hup.recv() => {
                 systemd(&[NotifyState::Reloading]);
                 match load(path.as_ref()) {
-                    Ok(new) => match gateways.reload(&new) {
+                    Ok(new) => match gateways.reload(&new).await {
                         Ok(()) => {
                             if new.metrics.as_ref().map(|m| m.listen) != config.metrics.as_ref().map(|m| m.listen)
                                 || new.admin.as_ref().map(|a| &a.socket) != config.admin.as_ref().map(|a| &a.socket)
