@@ -1205,11 +1205,14 @@ impl Session {
         let mut resolved = false;
         match awaiting {
             Awaiting::Passive { sent_ext, then } => {
-                if sent_ext && self.may_fall_back() && ext_unsupported(code) {
-                    self.fall_back(Awaiting::Passive {
+                if sent_ext
+                    && self.may_fall_back()
+                    && ext_unsupported(code)
+                    && self.fall_back(Awaiting::Passive {
                         sent_ext: false,
                         then,
-                    });
+                    })
+                {
                     return;
                 }
                 if sent_ext && code == Some(229) {
@@ -1232,13 +1235,16 @@ impl Session {
                 sent_ext,
                 converted,
             } => {
-                if sent_ext && self.may_fall_back() && ext_unsupported(code) {
-                    self.fall_back(Awaiting::Active {
+                if sent_ext
+                    && self.may_fall_back()
+                    && ext_unsupported(code)
+                    && self.fall_back(Awaiting::Active {
                         id,
                         port,
                         sent_ext: false,
                         converted,
-                    });
+                    })
+                {
                     return;
                 }
                 let ok = matches!(code, Some(200..=299));
@@ -1300,22 +1306,23 @@ impl Session {
     }
 
     /// The server rejected `EPSV`/`EPRT`: remember that, and send `PASV`/`PORT` instead.
-    /// Client lines are still held, so the retry keeps its place.
-    fn fall_back(&mut self, retry: Awaiting) {
-        self.server_ext = Some(false);
-        tracing::info!("server does not support EPSV/EPRT; using PASV/PORT for this session");
+    /// Client lines are still held, so the retry keeps its place. Returns `false` (and
+    /// changes nothing) when `PORT` cannot carry the announced address.
+    fn fall_back(&mut self, retry: Awaiting) -> bool {
         let command = match retry {
             Awaiting::Active { port, .. } => match self.p.server_side.announce {
                 IpAddr::V4(ip) => {
                     format!("PORT {}\r\n", encode_port_arg(SocketAddrV4::new(ip, port)))
                 }
-                // may_fall_back() and send_active() only retry IPv4 announcements.
-                IpAddr::V6(_) => return,
+                IpAddr::V6(_) => return false,
             },
             _ => "PASV\r\n".to_owned(),
         };
+        self.server_ext = Some(false);
+        tracing::info!("server does not support EPSV/EPRT; using PASV/PORT for this session");
         self.actions.push(Action::ToServer(command.into_bytes()));
         self.pending.push_front(Pending::Server(retry));
+        true
     }
 
     /// Where the server's `227`/`229` says to connect: always the server's control address

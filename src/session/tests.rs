@@ -956,3 +956,23 @@ fn a_transfer_finishing_after_the_session_closed_is_still_recorded() {
     assert_eq!(h.transfers[0].stats, Some(stats));
     assert!(!h.s.has_finishing_channels());
 }
+
+#[test]
+fn a_rejected_eprt_that_port_cannot_replace_reaches_the_client() {
+    // An IPv6 server-side announcement toward an IPv4 server: PORT cannot carry it, so the
+    // server's refusal is the answer.
+    let mut p = params(UpstreamKind::Fixed);
+    p.server_side.announce = ip("2001:db8:b::1");
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    assert_eq!(
+        h.client(b"EPRT |1|10.0.0.5|2000|\r\n"),
+        vec![to_server("EPRT |2|2001:db8:b::1|60000|\r\n")]
+    );
+    assert_eq!(
+        h.server(b"522 use (1)\r\n"),
+        vec![to_client("522 use (1)\r\n")]
+    );
+    assert_eq!(h.data.cancelled, vec![1]);
+}
