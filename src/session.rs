@@ -762,14 +762,7 @@ impl Session {
                 // follow once ftpgate can dial both ends.
                 let sent_ext = self.server.is_some_and(|s| s.is_ipv6());
                 self.hold_first(line);
-                let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
-                self.forward(
-                    command.to_vec(),
-                    Awaiting::Passive {
-                        sent_ext,
-                        then: PassiveUse::Convert { target },
-                    },
-                );
+                self.send_passive(sent_ext, PassiveUse::Convert { target });
                 return;
             }
             let convert = self.prepared.and_then(|id| {
@@ -988,14 +981,13 @@ impl Session {
         if sent_ext && self.may_fall_back() {
             self.holding = true;
         }
+        self.send_passive(sent_ext, PassiveUse::Client { ext });
+    }
+
+    /// Sends `EPSV` (`sent_ext`) or `PASV` to the server, for `then`.
+    fn send_passive(&mut self, sent_ext: bool, then: PassiveUse) {
         let command: &[u8] = if sent_ext { b"EPSV\r\n" } else { b"PASV\r\n" };
-        self.forward(
-            command.to_vec(),
-            Awaiting::Passive {
-                sent_ext,
-                then: PassiveUse::Client { ext },
-            },
-        );
+        self.forward(command.to_vec(), Awaiting::Passive { sent_ext, then });
     }
 
     /// `server_mode: active`: a passive client's channel accepts both ends; the server is
@@ -1326,19 +1318,24 @@ impl Session {
     }
 
     /// Where the server's `227`/`229` says to connect: always the server's control address
-    /// (rule 5), with its port. `Err` carries the reply for the client.
-    fn server_data_addr(&mut self, reply: &Reply, sent_ext: bool) -> Result<SocketAddr, Vec<u8>> {
+    /// (rule 5), with its port; and where in `reply.raw` the address text stands. `Err`
+    /// carries the reply for the client.
+    fn server_data_addr(
+        &mut self,
+        reply: &Reply,
+        sent_ext: bool,
+    ) -> Result<(SocketAddr, std::ops::Range<usize>), Vec<u8>> {
         let expected = if sent_ext { 229 } else { 227 };
         let server = self.server.filter(|_| reply.code == Some(expected));
         let Some(server) = server else {
             return Err(reply.raw.clone());
         };
         let found = if sent_ext {
-            find_229(reply.last_text()).map(|(port, _)| (None, port))
+            find_229(reply.last_text()).map(|(port, span)| (None, port, span))
         } else {
-            find_227(reply.last_text()).map(|(addr, _)| (Some(*addr.ip()), addr.port()))
+            find_227(reply.last_text()).map(|(addr, span)| (Some(*addr.ip()), addr.port(), span))
         };
-        let (named_ip, server_port) = found.map_err(|e| {
+        let (named_ip, server_port, span) = found.map_err(|e| {
             tracing::warn!(rule = %Rule::MalformedPassiveReply, error = %e, "unparsable passive reply");
             self.refuse(Rule::MalformedPassiveReply);
             b"425 Cannot parse the server's passive reply.\r\n".to_vec()
@@ -1362,7 +1359,11 @@ impl Session {
             self.refuse(Rule::PrivilegedPort);
             return Err(b"425 Refused: the server offered a data port below 1024.\r\n".to_vec());
         }
-        Ok(SocketAddr::new(server.ip(), server_port))
+        let offset = reply.last_text_offset();
+        Ok((
+            SocketAddr::new(server.ip(), server_port),
+            offset + span.start..offset + span.end,
+        ))
     }
 
     /// Builds the client's reply to `PASV`/`EPSV` from the server's.
@@ -1373,8 +1374,8 @@ impl Session {
         sent_ext: bool,
         data: &mut dyn DataChannels,
     ) -> Vec<u8> {
-        let dial = match self.server_data_addr(&reply, sent_ext) {
-            Ok(dial) => dial,
+        let (dial, span) = match self.server_data_addr(&reply, sent_ext) {
+            Ok(found) => found,
             Err(bytes) => return bytes,
         };
         let plan = DataPlan {
@@ -1391,22 +1392,12 @@ impl Session {
         self.actions
             .push(Action::Rewrote(Rewrite::passive_reply(client_ext)));
         // Keep the server's own text where the reply keeps its form.
-        let span = if sent_ext {
-            find_229(reply.last_text()).ok().map(|(_, span)| span)
-        } else {
-            find_227(reply.last_text()).ok().map(|(_, span)| span)
-        };
-        let offset = reply.last_text_offset();
-        match (span, client_ext == sent_ext, self.p.client_side.announce) {
-            (Some(span), true, IpAddr::V4(ip)) if !sent_ext => splice(
+        match (client_ext == sent_ext, self.p.client_side.announce) {
+            (true, _) if sent_ext => splice(&reply.raw, span, port.to_string().as_bytes()),
+            (true, IpAddr::V4(ip)) => splice(
                 &reply.raw,
-                offset + span.start..offset + span.end,
+                span,
                 encode_port_arg(SocketAddrV4::new(ip, port)).as_bytes(),
-            ),
-            (Some(span), true, _) if sent_ext => splice(
-                &reply.raw,
-                offset + span.start..offset + span.end,
-                port.to_string().as_bytes(),
             ),
             _ => self.passive_text(client_ext, port),
         }
@@ -1423,7 +1414,7 @@ impl Session {
         data: &mut dyn DataChannels,
     ) {
         let dial = match self.server_data_addr(&reply, sent_ext) {
-            Ok(dial) => dial,
+            Ok((dial, _)) => dial,
             Err(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).trim_end().to_owned();
                 self.fail_held_transfer(&format!("passive mode toward the server failed: {text}"));
