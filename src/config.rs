@@ -352,6 +352,10 @@ struct RawGateway {
     #[serde(default)]
     deny_servers: Option<Vec<Net>>,
     #[serde(default)]
+    allow_servers: Vec<Net>,
+    #[serde(default)]
+    allow_server_ports: Option<Vec<u16>>,
+    #[serde(default)]
     tls: TlsPolicy,
     #[serde(default)]
     allow_privileged_ports: bool,
@@ -367,6 +371,10 @@ fn default_data_ports() -> PortRange {
         last: 40999,
     }
 }
+
+/// Server ports an explicit-proxy client may name unless `allow_server_ports` says
+/// otherwise: the proxy is not a tunnel to SMTP or SSH.
+pub const DEFAULT_SERVER_PORTS: &[u16] = &[21];
 
 /// Upstreams never dialled unless `deny_servers` says otherwise: no pivot into the
 /// gateway itself, link-local or multicast space.
@@ -404,6 +412,13 @@ pub struct GatewayConfig {
     pub allow_clients: Vec<Net>,
     /// Upstreams never dialled (transparent and explicit roles).
     pub deny_servers: Vec<Net>,
+    /// Upstreams dialled although `deny_servers` or the gateway's own addresses would refuse
+    /// them: the operator's explicit exceptions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_servers: Vec<Net>,
+    /// Explicit role: the server ports a client may name in `USER name@host:port`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_server_ports: Vec<u16>,
     /// `AUTH` policy.
     pub tls: TlsPolicy,
     /// Accept data ports below 1024 from clients and servers (for a legacy peer); off by
@@ -450,9 +465,15 @@ impl GatewayConfig {
         self.allow_clients.is_empty() || self.allow_clients.iter().any(|n| n.contains(ip))
     }
 
-    /// Whether dialling the server `ip` is allowed (transparent and explicit roles).
+    /// Whether `ip` is one of the operator's exceptions in `allow_servers`.
+    pub fn server_excepted(&self, ip: IpAddr) -> bool {
+        self.allow_servers.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether dialling the server `ip` is allowed by `deny_servers` (transparent and
+    /// explicit roles); `allow_servers` overrides it.
     pub fn server_allowed(&self, ip: IpAddr) -> bool {
-        !self.deny_servers.iter().any(|n| n.contains(ip))
+        self.server_excepted(ip) || !self.deny_servers.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -472,6 +493,34 @@ pub struct Limits {
     pub max_line: usize,
     /// After SIGTERM/SIGINT, open sessions and transfers get this long to finish.
     pub shutdown_grace: HumanDuration,
+    /// An unfinished client line may wait this long for its end.
+    pub line_timeout: HumanDuration,
+    /// Bytes of one server reply (a multi-line reply with every line); also the longest
+    /// server line.
+    pub max_reply_bytes: usize,
+    /// Lines of one server reply.
+    pub max_reply_lines: usize,
+    /// Commands a client may send before their replies came (pipelining depth).
+    pub max_pipelined_commands: usize,
+    /// IPv4 clients are counted together per network of this prefix length for
+    /// `max_sessions_per_client` (32: per address).
+    pub client_prefix_v4: u8,
+    /// IPv6 clients are counted together per network of this prefix length (64: one host
+    /// owns its /64).
+    pub client_prefix_v6: u8,
+}
+
+impl Limits {
+    /// The group a client is counted in for `max_sessions_per_client`: its network of
+    /// `client_prefix_v4` or `client_prefix_v6` bits (IPv4-mapped IPv6 counts as IPv4).
+    pub fn client_group(&self, ip: IpAddr) -> IpNet {
+        let ip = ip.to_canonical();
+        let len = match ip {
+            IpAddr::V4(_) => self.client_prefix_v4,
+            IpAddr::V6(_) => self.client_prefix_v6,
+        };
+        IpNet::new(ip, len).map_or_else(|_| IpNet::from(ip), |n| n.trunc())
+    }
 }
 
 impl Default for Limits {
@@ -483,6 +532,12 @@ impl Default for Limits {
             data_accept_timeout: HumanDuration(Duration::from_secs(30)),
             max_line: 2048,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            line_timeout: HumanDuration(Duration::from_secs(30)),
+            max_reply_bytes: 64 * 1024,
+            max_reply_lines: 1024,
+            max_pipelined_commands: 64,
+            client_prefix_v4: 32,
+            client_prefix_v6: 64,
         }
     }
 }
@@ -592,10 +647,36 @@ impl Config {
                 "max_sessions and max_sessions_per_client must be at least 1".into(),
             ));
         }
-        if l.data_accept_timeout.0.is_zero() || l.idle_timeout.0.is_zero() {
+        if l.data_accept_timeout.0.is_zero()
+            || l.idle_timeout.0.is_zero()
+            || l.line_timeout.0.is_zero()
+        {
             return Err(invalid(
                 "limits".into(),
                 "timeouts must be longer than zero".into(),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&l.max_reply_bytes) {
+            return Err(invalid(
+                "limits.max_reply_bytes".into(),
+                "expected 1024 to 16777216 bytes".into(),
+            ));
+        }
+        for (key, value, max) in [
+            ("max_reply_lines", l.max_reply_lines, 1_000_000),
+            ("max_pipelined_commands", l.max_pipelined_commands, 10_000),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(
+                    format!("limits.{key}"),
+                    format!("expected 1 to {max}"),
+                ));
+            }
+        }
+        if l.client_prefix_v4 > 32 || l.client_prefix_v6 > 128 {
+            return Err(invalid(
+                "limits".into(),
+                "client_prefix_v4 is at most 32 and client_prefix_v6 at most 128".into(),
             ));
         }
         let mut gateways: Vec<GatewayConfig> = Vec::new();
@@ -713,6 +794,23 @@ fn resolve_gateway(
             "`server` needs upstream: transparent (the router must own the server's route)".into(),
         ));
     }
+    let allow_server_ports = match (&g.upstream, g.allow_server_ports) {
+        (Upstream::Explicit, None) => DEFAULT_SERVER_PORTS.to_vec(),
+        (Upstream::Explicit, Some(ports)) if ports.is_empty() || ports.contains(&0) => {
+            return Err((
+                key("allow_server_ports"),
+                "expected a list of ports from 1 to 65535".into(),
+            ))
+        }
+        (Upstream::Explicit, Some(ports)) => ports,
+        (_, None) => Vec::new(),
+        (_, Some(_)) => {
+            return Err((
+                key("allow_server_ports"),
+                "applies to upstream: \"user@host\" only (the other roles do not let clients choose the port)".into(),
+            ))
+        }
+    };
     let deny_servers = match g.deny_servers {
         Some(list) => list,
         None => DEFAULT_DENY_SERVERS
@@ -732,6 +830,8 @@ fn resolve_gateway(
         client_source,
         allow_clients: g.allow_clients.unwrap_or_default(),
         deny_servers,
+        allow_servers: g.allow_servers,
+        allow_server_ports,
         tls: g.tls,
         allow_privileged_ports: g.allow_privileged_ports,
         relay: g.relay,
@@ -843,6 +943,59 @@ gateways:
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn limits_of_issue_11_have_defaults_and_are_checked() {
+        let c = Config::parse(MINIMAL, "t.yaml").unwrap();
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.max_reply_bytes,
+                l.max_reply_lines,
+                l.max_pipelined_commands
+            ),
+            (65536, 1024, 64)
+        );
+        assert_eq!(l.line_timeout.0, Duration::from_secs(30));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            l.client_group(ip("2001:db8:1:2:3:4:5:6")),
+            "2001:db8:1:2::/64".parse().unwrap()
+        );
+        assert_eq!(
+            l.client_group(ip("::ffff:192.0.2.7")),
+            "192.0.2.7/32".parse().unwrap()
+        );
+        for (bad, key) in [
+            ("  max_reply_bytes: 10", "limits.max_reply_bytes"),
+            (
+                "  max_pipelined_commands: 0",
+                "limits.max_pipelined_commands",
+            ),
+            ("  client_prefix_v6: 129", "limits"),
+            ("  line_timeout: 0s", "limits"),
+        ] {
+            let e = error_of(&format!("{MINIMAL}limits:\n{bad}\n"));
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn server_port_allow_list_is_for_the_explicit_role() {
+        let explicit = MINIMAL.replace("\"10.0.0.5:21\"", "\"user@host\"");
+        let c = Config::parse(&explicit, "t.yaml").unwrap();
+        assert_eq!(c.gateways[0].allow_server_ports, vec![21]);
+        let c = Config::parse(
+            &format!("{explicit}    allow_server_ports: [21, 2121]\n"),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.gateways[0].allow_server_ports, vec![21, 2121]);
+        let e = error_of(&format!("{explicit}    allow_server_ports: []\n"));
+        assert!(e.contains("gateways[0].allow_server_ports"), "{e}");
+        let e = error_of(&format!("{MINIMAL}    allow_server_ports: [21]\n"));
+        assert!(e.contains("user@host"), "{e}");
     }
 
     fn error_of(yaml: &str) -> String {

@@ -3,6 +3,7 @@
 //! the tests below drive them with random inputs on every `cargo test`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use crate::config::{ClientSource, ServerMode, TlsPolicy};
 use crate::ftp::command::{parse_command, parse_proxy_login};
@@ -10,10 +11,10 @@ use crate::ftp::hostport::{
     encode_eprt_arg, encode_port_arg, find_227, find_229, parse_eprt_arg, parse_port_arg,
 };
 use crate::ftp::line::{clean_line, LineFramer};
-use crate::ftp::reply::ReplyAssembler;
+use crate::ftp::reply::{ReplyAssembler, ReplyLimits};
 use crate::session::{
     Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DataStats, Endpoint,
-    Event, Ports, Session, SessionParams, SideAddrs, UpstreamKind,
+    Event, Ports, Session, SessionLimits, SessionParams, SideAddrs, UpstreamKind,
 };
 
 /// Every codec of the control protocol on arbitrary bytes: no panic, and what parses
@@ -36,12 +37,15 @@ pub fn codec(data: &[u8]) {
     }
     let _ = parse_proxy_login(data);
     let mut framer = LineFramer::new(64);
-    let mut replies = ReplyAssembler::default();
+    let mut replies = ReplyAssembler::new(ReplyLimits {
+        max_bytes: 256,
+        max_lines: 8,
+    });
     for chunk in data.chunks(7) {
         framer.push(chunk);
         while let Ok(Some(line)) = framer.next_line() {
             let _ = parse_command(&clean_line(&line));
-            if let Some(r) = replies.push_line(&line) {
+            if let Ok(Some(r)) = replies.push_line(&line) {
                 assert!(r.raw.ends_with(b"\n"));
                 let _ = r.last_text();
             }
@@ -54,9 +58,23 @@ pub const CLIENT: &str = "10.0.0.5:40001";
 /// The server's control address the harness connects sessions to.
 pub const SERVER: &str = "192.0.2.10:21";
 
+/// The limits of [`lab_params`]: 64-byte client lines, 1 KiB / 16-line replies, 8
+/// pipelined commands, a 60 s idle timeout and a 10 s line timeout.
+pub const LAB_LIMITS: SessionLimits = SessionLimits {
+    max_line: 64,
+    max_reply: ReplyLimits {
+        max_bytes: 1024,
+        max_lines: 16,
+    },
+    max_pipelined: 8,
+    idle_timeout: Duration::from_secs(60),
+    line_timeout: Duration::from_secs(10),
+};
+
 /// Session parameters with fixed documentation addresses, shared by the harness and the
 /// session tests: client 10.0.0.5, client side 10.0.0.1 announcing 198.51.100.1, server
-/// side 203.0.113.1 announcing 203.0.113.2, 64-byte lines, every rule on.
+/// side 203.0.113.1 announcing 203.0.113.2, [`LAB_LIMITS`], server port 21 only for
+/// explicit logins, every rule on.
 pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
     SessionParams {
         upstream,
@@ -71,7 +89,8 @@ pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
         },
         client_source: ClientSource::Gateway,
         tls: TlsPolicy::Refuse,
-        max_line: 64,
+        limits: LAB_LIMITS,
+        allow_server_ports: vec![21],
         allow_privileged_ports: false,
         server_mode: ServerMode::Same,
     }
@@ -99,32 +118,38 @@ impl DataChannels for Data {
 
 /// The session state machine driven by an arbitrary event sequence from both sides.
 ///
-/// Input: a flags byte, then records `[kind, len, bytes...]`. Invariants: no panic; every
-/// `PORT`/`EPRT` sent to the server names ftpgate's server-side address; every data
-/// channel dials only the client's or the server's control address.
+/// Input: a flags byte, then records `[kind, len, bytes...]`; one kind of record moves the
+/// clock forward and delivers [`Event::Timeout`] when it is due. Invariants: no panic;
+/// every `PORT`/`EPRT` sent to the server names ftpgate's server-side address; every data
+/// channel dials only the client's or the server's control address; after a timeout the
+/// next deadline lies in the future.
 pub fn session(input: &[u8]) {
     let Some((&flags, mut rest)) = input.split_first() else {
         return;
     };
-    let mut s = Session::new(SessionParams {
-        upstream: if flags & 1 == 0 {
-            UpstreamKind::Fixed
-        } else {
-            UpstreamKind::Explicit
+    let mut now = Instant::now();
+    let mut s = Session::new(
+        SessionParams {
+            upstream: if flags & 1 == 0 {
+                UpstreamKind::Fixed
+            } else {
+                UpstreamKind::Explicit
+            },
+            tls: if flags & 2 == 0 {
+                TlsPolicy::Refuse
+            } else {
+                TlsPolicy::Passthrough
+            },
+            allow_privileged_ports: flags & 4 != 0,
+            server_mode: match (flags >> 4) % 3 {
+                0 => ServerMode::Same,
+                1 => ServerMode::Passive,
+                _ => ServerMode::Active,
+            },
+            ..lab_params(UpstreamKind::Fixed)
         },
-        tls: if flags & 2 == 0 {
-            TlsPolicy::Refuse
-        } else {
-            TlsPolicy::Passthrough
-        },
-        allow_privileged_ports: flags & 4 != 0,
-        server_mode: match (flags >> 4) % 3 {
-            0 => ServerMode::Same,
-            1 => ServerMode::Passive,
-            _ => ServerMode::Active,
-        },
-        ..lab_params(UpstreamKind::Fixed)
-    });
+        now,
+    );
     let mut data = Data {
         plans: Vec::new(),
         fail: flags & 8 != 0,
@@ -136,7 +161,14 @@ pub fn session(input: &[u8]) {
         let (bytes, next) = tail.split_at(n);
         rest = next;
         let id = ChannelId::from(bytes.first().copied().unwrap_or(0) % 4);
-        let event = match kind % 9 {
+        let event = match kind % 10 {
+            9 => {
+                now += Duration::from_secs(u64::from(bytes.first().copied().unwrap_or(0)));
+                match s.poll_timeout() {
+                    Some(t) if t <= now => Event::Timeout,
+                    _ => continue,
+                }
+            }
             0..=2 => Event::ClientData(bytes),
             3..=5 => Event::ServerData(bytes),
             6 => Event::UpstreamConnected(server),
@@ -154,7 +186,15 @@ pub fn session(input: &[u8]) {
                 },
             ),
         };
-        actions.extend(s.handle(event, &mut data));
+        let was_timeout = event == Event::Timeout;
+        actions.extend(s.handle(now, event, &mut data));
+        if was_timeout {
+            // A timeout is acted on: the shell would otherwise wake up again at once.
+            assert!(
+                !matches!(s.poll_timeout(), Some(t) if t <= now),
+                "timeout not acted on"
+            );
+        }
     }
     let in_passthrough = actions
         .iter()
@@ -203,7 +243,7 @@ mod tests {
         #[test]
         fn session_on_ftp_shaped_events(
             flags: u8,
-            records in proptest::collection::vec((0u8..9, ftp_shaped()), 0..30),
+            records in proptest::collection::vec((0u8..10, ftp_shaped()), 0..30),
         ) {
             // Start from a connected, greeted session so that the records reach deep states.
             let mut input = vec![flags & !1, 6, 0, 3, 8];

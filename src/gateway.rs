@@ -9,9 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,9 +27,13 @@ use crate::data::ports::PortPool;
 use crate::rules::Rule;
 use crate::session::{
     Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Endpoint,
-    Event, Ports, Session, SessionParams, SideAddrs, TransferRecord, UpstreamKind,
+    Event, Ports, Session, SessionLimits, SessionParams, SideAddrs, TransferRecord, UpstreamKind,
 };
-use crate::telemetry;
+use crate::telemetry::{self, LogLimiter};
+
+/// Refused connections are logged at most this often (rule logs are rate-limited,
+/// DESIGN.md §6.15); `ftpgate_refusals_total` counts every one.
+static ADMISSION_LOG: LogLimiter = LogLimiter::new(10, Duration::from_secs(10));
 
 /// How long a closing session waits for data channels that are only closing their sockets.
 const FINISHING_GRACE: Duration = Duration::from_secs(2);
@@ -63,13 +68,14 @@ struct Admission {
 #[derive(Debug, Default)]
 struct AdmissionState {
     total: usize,
-    per_client: HashMap<IpAddr, usize>,
+    /// Sessions per client group (an address, or an IPv6 /64 by default).
+    per_client: HashMap<IpNet, usize>,
 }
 
 /// Holds one admitted session's place; gives it back on drop.
 struct AdmissionTicket {
     admission: Arc<Admission>,
-    client: IpAddr,
+    client: IpNet,
 }
 
 impl Admission {
@@ -82,6 +88,7 @@ impl Admission {
         if st.total >= limits.max_sessions {
             return Err(Rule::MaxSessions);
         }
+        let client = limits.client_group(client);
         let mine = st.per_client.entry(client).or_insert(0);
         if *mine >= limits.max_sessions_per_client {
             return Err(Rule::MaxSessionsPerClient);
@@ -337,17 +344,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ArcSwap<GatewayContext>>) {
 async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr) {
     let client_ip = peer.ip().to_canonical();
     if !ctx.cfg.client_allowed(client_ip) {
-        telemetry::refused(&ctx.name, Rule::AllowClients);
-        telemetry::session_closed(&ctx.name, "refused");
-        tracing::warn!(gateway = %ctx.name, client = %peer, rule = %Rule::AllowClients, "refused control connection");
+        refuse_connection(&ctx, peer, Rule::AllowClients, "refused control connection");
         return;
     }
     let ticket = match ctx.admission.admit(client_ip, &ctx.limits) {
         Ok(t) => t,
         Err(limit) => {
-            telemetry::refused(&ctx.name, limit);
-            telemetry::session_closed(&ctx.name, "refused");
-            tracing::warn!(gateway = %ctx.name, client = %peer, rule = %limit, "session limit reached");
+            refuse_connection(&ctx, peer, limit, "session limit reached");
             let _ = stream
                 .write_all(b"421 Too many connections; try again later.\r\n")
                 .await;
@@ -357,9 +360,8 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
     let target = match &ctx.cfg.upstream {
         Upstream::Transparent => match transparent_target(&ctx, &stream) {
             Ok(t) => Some(Target::Addr(t)),
-            Err(why) => {
-                telemetry::session_closed(&ctx.name, "refused");
-                tracing::warn!(gateway = %ctx.name, client = %peer, %why, "refused transparent connection");
+            Err((rule, why)) => {
+                refuse_connection(&ctx, peer, rule, &why);
                 let _ = stream.write_all(format!("421 {why}.\r\n").as_bytes()).await;
                 return;
             }
@@ -396,6 +398,46 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
     drop(ticket);
 }
 
+/// Counts and (rate-limited) logs a connection refused before its session started.
+fn refuse_connection(ctx: &GatewayContext, peer: SocketAddr, rule: Rule, what: &str) {
+    telemetry::refused(&ctx.name, rule);
+    telemetry::session_closed(&ctx.name, "refused");
+    if let Some(suppressed) = ADMISSION_LOG.admit() {
+        tracing::warn!(gateway = %ctx.name, client = %peer, %rule, suppressed, "{what}");
+    }
+}
+
+/// The rule that forbids dialling `ip` as an upstream (transparent and explicit roles), if
+/// one does: `deny_servers`, or one of the gateway's own addresses (no pivot into the
+/// gateway itself); `allow_servers` lists the operator's exceptions.
+fn upstream_refusal(cfg: &GatewayConfig, ip: IpAddr) -> Option<Rule> {
+    let ip = ip.to_canonical();
+    if cfg.server_excepted(ip) {
+        None
+    } else if !cfg.server_allowed(ip) {
+        Some(Rule::DenyServers)
+    } else if is_own_address(ip) {
+        Some(Rule::GatewayAddress)
+    } else {
+        None
+    }
+}
+
+/// Whether `ip` is an address of this host (any interface), or the unspecified address.
+fn is_own_address(ip: IpAddr) -> bool {
+    if ip.is_unspecified() || ip.is_loopback() {
+        return true;
+    }
+    match if_addrs::get_if_addrs() {
+        Ok(addrs) => addrs.iter().any(|a| a.ip().to_canonical() == ip),
+        Err(e) => {
+            // Without the list, refuse rather than risk a pivot into the gateway.
+            tracing::warn!(error = %e, "cannot list local addresses; refusing the upstream");
+            true
+        }
+    }
+}
+
 /// Session ids, unique in this process, for logs.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -405,26 +447,34 @@ enum Target {
     Name(String, u16),
 }
 
-fn transparent_target(ctx: &GatewayContext, stream: &TcpStream) -> Result<SocketAddr, String> {
-    let dst = crate::sys::original_destination(stream)
-        .map_err(|e| format!("cannot read the original destination: {e}"))?;
+fn transparent_target(
+    ctx: &GatewayContext,
+    stream: &TcpStream,
+) -> Result<SocketAddr, (Rule, String)> {
+    let dst = crate::sys::original_destination(stream).map_err(|e| {
+        (
+            Rule::NotRedirected,
+            format!("cannot read the original destination: {e}"),
+        )
+    })?;
     // A connection made to ftpgate's own port rather than redirected to it would make
     // ftpgate dial itself. (With TPROXY the local address is the original destination.)
     let listen = ctx.listen_addr;
     if dst.port() == listen.port() && (listen.ip().is_unspecified() || dst.ip() == listen.ip()) {
-        telemetry::refused(&ctx.name, Rule::NotRedirected);
-        return Err("this port only serves redirected connections".into());
+        return Err((
+            Rule::NotRedirected,
+            "this port only serves redirected connections".into(),
+        ));
     }
     // Behind a NAT64 the client dialled the IPv4 server's synthesized IPv6 address.
     let dst = match ctx.cfg.nat64_server(dst.ip()) {
         Some(v4) => SocketAddr::new(v4, dst.port()),
         None => dst,
     };
-    if !ctx.cfg.server_allowed(dst.ip()) {
-        telemetry::refused(&ctx.name, Rule::DenyServers);
-        return Err(format!("server {} is not allowed", dst.ip()));
+    match upstream_refusal(&ctx.cfg, dst.ip()) {
+        Some(rule) => Err((rule, format!("server {} is not allowed", dst.ip()))),
+        None => Ok(dst),
     }
-    Ok(dst)
 }
 
 /// Resolves and connects to an upstream, trying each address in turn.
@@ -443,8 +493,9 @@ async fn connect_upstream(
     let mut last = String::from("no address to connect to");
     for addr in candidates {
         if let Some(ctx) = &check_deny {
-            if !ctx.cfg.server_allowed(addr.ip()) {
-                telemetry::refused(&ctx.name, Rule::DenyServers);
+            if let Some(rule) = upstream_refusal(&ctx.cfg, addr.ip()) {
+                telemetry::refused(&ctx.name, rule);
+                tracing::warn!(%rule, server = %addr, "refused upstream");
                 last = format!("server {} is not allowed", addr.ip());
                 continue;
             }
@@ -530,27 +581,31 @@ async fn serve(
 ) -> io::Result<()> {
     let cfg = &ctx.cfg;
     let _ = client.set_nodelay(true);
-    let mut session = Session::new(SessionParams {
-        upstream: if target.is_some() {
-            UpstreamKind::Fixed
-        } else {
-            UpstreamKind::Explicit
+    let mut session = Session::new(
+        SessionParams {
+            upstream: if target.is_some() {
+                UpstreamKind::Fixed
+            } else {
+                UpstreamKind::Explicit
+            },
+            client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            client_side: SideAddrs {
+                address: cfg.client_side.address,
+                announce: cfg.client_announce(),
+            },
+            server_side: SideAddrs {
+                address: cfg.server_side.address,
+                announce: cfg.server_announce(),
+            },
+            client_source: cfg.client_source,
+            tls: cfg.tls,
+            limits: SessionLimits::from_config(&ctx.limits),
+            allow_server_ports: cfg.allow_server_ports.clone(),
+            allow_privileged_ports: cfg.allow_privileged_ports,
+            server_mode: cfg.server_mode,
         },
-        client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-        client_side: SideAddrs {
-            address: cfg.client_side.address,
-            announce: cfg.client_announce(),
-        },
-        server_side: SideAddrs {
-            address: cfg.server_side.address,
-            announce: cfg.server_announce(),
-        },
-        client_source: cfg.client_source,
-        tls: cfg.tls,
-        max_line: ctx.limits.max_line,
-        allow_privileged_ports: cfg.allow_privileged_ports,
-        server_mode: cfg.server_mode,
-    });
+        Instant::now(),
+    );
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut data = SessionData {
         ctx: Arc::clone(&ctx),
@@ -570,9 +625,6 @@ async fn serve(
     let mut server: Option<(OwnedReadHalf, OwnedWriteHalf)> = None;
     // One read buffer for both directions: the loop waits for readiness, then reads.
     let mut buf = [0u8; CONTROL_BUFFER];
-    let idle = ctx.limits.idle_timeout.0;
-    let idle_sleep = tokio::time::sleep(idle);
-    tokio::pin!(idle_sleep);
 
     let mut actions = session.start();
     loop {
@@ -608,7 +660,8 @@ async fn serve(
             while session.has_finishing_channels() {
                 match tokio::time::timeout_at(deadline, events_rx.recv()).await {
                     Ok(Some((id, ev))) => {
-                        for action in session.handle(Event::Data(id, ev), &mut data) {
+                        for action in session.handle(Instant::now(), Event::Data(id, ev), &mut data)
+                        {
                             if let Action::Transfer(record) = action {
                                 log_transfer(&record);
                             }
@@ -619,6 +672,7 @@ async fn serve(
             }
             return Ok(());
         }
+        let deadline = session.poll_timeout();
         let event_owned: OwnedEvent = tokio::select! {
             r = client_rd.readable() => {
                 r?;
@@ -667,13 +721,8 @@ async fn serve(
                 }
                 OwnedEvent::Data(id, ev)
             },
-            _ = &mut idle_sleep => OwnedEvent::Idle,
+            () = sleep_until(deadline) => OwnedEvent::Timeout,
         };
-        if !matches!(event_owned, OwnedEvent::Idle | OwnedEvent::Data(..)) {
-            idle_sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + idle);
-        }
         let event = match &event_owned {
             OwnedEvent::Client(n) => Event::ClientData(&buf[..*n]),
             OwnedEvent::Server(n) => Event::ServerData(&buf[..*n]),
@@ -682,22 +731,9 @@ async fn serve(
             OwnedEvent::Connected(addr) => Event::UpstreamConnected(*addr),
             OwnedEvent::ConnectFailed(why) => Event::UpstreamFailed(why.clone()),
             OwnedEvent::Data(id, ev) => Event::Data(*id, ev.clone()),
-            OwnedEvent::Idle => {
-                idle_sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + idle);
-                if session.has_data_channels() {
-                    continue;
-                }
-                tracing::info!(rule = %Rule::IdleTimeout, "closing idle session");
-                telemetry::refused(&ctx.name, Rule::IdleTimeout);
-                client_wr
-                    .write_all(b"421 Idle timeout; closing control connection.\r\n")
-                    .await?;
-                return Ok(());
-            }
+            OwnedEvent::Timeout => Event::Timeout,
         };
-        actions = session.handle(event, &mut data);
+        actions = session.handle(Instant::now(), event, &mut data);
     }
 }
 
@@ -740,7 +776,15 @@ enum OwnedEvent {
     Connected(SocketAddr),
     ConnectFailed(String),
     Data(ChannelId, DataEvent),
-    Idle,
+    Timeout,
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until the server's control connection is readable; returns its read half.
@@ -750,5 +794,84 @@ async fn server_readable(
     match server {
         Some((rd, _)) => rd.readable().await.map(|()| rd),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_prefix() {
+        // Rule max_sessions_per_client with client_prefix_v6: a host owns its whole /64.
+        let limits = Limits {
+            max_sessions_per_client: 64,
+            ..Limits::default()
+        };
+        let admission = Arc::new(Admission::default());
+        let mut tickets = Vec::new();
+        let mut refused = 0;
+        for i in 0..200u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 0, 7, i, 0, 0, 1]);
+            match admission.admit(ip, &limits) {
+                Ok(t) => tickets.push(t),
+                Err(rule) => {
+                    assert_eq!(rule, Rule::MaxSessionsPerClient);
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((tickets.len(), refused), (64, 136));
+        // Another /64 is another client; IPv4 clients count per address.
+        let other = admission.admit("2001:db8:0:8::1".parse().unwrap(), &limits);
+        let v4 = admission.admit("192.0.2.1".parse().unwrap(), &limits);
+        assert!(other.is_ok() && v4.is_ok());
+        // Places come back when sessions end.
+        tickets.clear();
+        assert_eq!(admission.active(), 2);
+        assert!(admission
+            .admit("2001:db8:0:7::99".parse().unwrap(), &limits)
+            .is_ok());
+    }
+
+    #[test]
+    fn the_gateway_never_dials_itself() {
+        // Rule gateway_address, whatever deny_servers says; allow_servers is the exception.
+        let mut cfg = crate::config::Config::parse(
+            "gateways:\n  - name: x\n    listen: \"127.0.0.1:2121\"\n    upstream: \"user@host\"\n    server_side: { address: 127.0.0.1 }\n    deny_servers: []\n",
+            "t.yaml",
+        )
+        .unwrap()
+        .gateways
+        .remove(0);
+        let own = ["127.0.0.1", "::1", "0.0.0.0", "::ffff:127.0.0.1"];
+        for ip in own {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(
+                upstream_refusal(&cfg, ip),
+                Some(Rule::GatewayAddress),
+                "{ip}"
+            );
+        }
+        if let Some(iface) = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .find(|i| !i.is_loopback())
+        {
+            assert_eq!(
+                upstream_refusal(&cfg, iface.ip()),
+                Some(Rule::GatewayAddress),
+                "{}",
+                iface.ip()
+            );
+        }
+        assert_eq!(upstream_refusal(&cfg, "192.0.2.10".parse().unwrap()), None);
+        cfg.allow_servers = vec![crate::config::Net::try_from("127.0.0.1".to_owned()).unwrap()];
+        assert_eq!(upstream_refusal(&cfg, "127.0.0.1".parse().unwrap()), None);
+        cfg.deny_servers = vec![crate::config::Net::try_from("192.0.2.0/24".to_owned()).unwrap()];
+        assert_eq!(
+            upstream_refusal(&cfg, "192.0.2.10".parse().unwrap()),
+            Some(Rule::DenyServers)
+        );
     }
 }

@@ -10,6 +10,10 @@ pub enum Rule {
     LineTooLong,
     /// §6.1: a control line containing NUL ends the session.
     NulInLine,
+    /// §6.1: a line the server might read otherwise than ftpgate (verb not at the start,
+    /// another separator than one space, control characters, an argument a typed verb
+    /// does not take) is answered `500`/`501` and never forwarded.
+    LineSyntax,
     /// §6.3: a `227`/`229` that does not answer the outstanding `PASV`/`EPSV` opens nothing
     /// and passes as text.
     UnsolicitedPassiveReply,
@@ -19,6 +23,9 @@ pub enum Rule {
     PrivilegedPort,
     /// §6.4: a `PORT`/`EPRT` argument that is not strictly well-formed.
     MalformedAddress,
+    /// §6.4: `LPRT`, `LPSV` or `SPSV`, data commands ftpgate does not translate: refused,
+    /// so that no server opens a data connection ftpgate did not check.
+    UnsupportedDataCommand,
     /// §6.5: a `227` named another address than the server's; ftpgate dials the server's.
     PassiveAddressIgnored,
     /// §6.5: a `227`/`229` answering `PASV`/`EPSV` whose address cannot be read.
@@ -35,8 +42,12 @@ pub enum Rule {
     MaxSessionsPerClient,
     /// §6.8: every port of `data_ports` is in use.
     DataPortsExhausted,
-    /// §6.8: `limits.idle_timeout` passed without traffic.
+    /// §6.8: `limits.idle_timeout` passed without a complete command or a data channel.
     IdleTimeout,
+    /// §6.8: an unfinished command line waited longer than `limits.line_timeout`.
+    LineTimeout,
+    /// §6.8: a session asked for more data channels at once than it may hold.
+    DataChannels,
     /// §6.9: the client is not in `allow_clients`.
     AllowClients,
     /// §6.9: the upstream is in `deny_servers`.
@@ -45,17 +56,36 @@ pub enum Rule {
     NotRedirected,
     /// §6.10: `AUTH` refused under `tls: refuse`.
     TlsRefused,
+    /// §6.12: one server reply longer than `limits.max_reply_bytes`.
+    ReplyTooLong,
+    /// §6.12: one server reply of more lines than `limits.max_reply_lines`.
+    ReplyTooManyLines,
+    /// §6.12: too many server replies waiting for the client behind a held one.
+    ReplyQueue,
+    /// §6.12: too many replies ftpgate wrote itself waiting behind the server's.
+    LocalReplies,
+    /// §6.12: more commands awaiting server replies than `limits.max_pipelined_commands`.
+    PipelinedCommands,
+    /// §6.12: too many client lines held while ftpgate waits (a login connecting, a command
+    /// it sent on its own).
+    HeldLines,
+    /// §6.14: the upstream is one of the gateway's own addresses.
+    GatewayAddress,
+    /// §6.14: an explicit-proxy login named a server port outside `allow_server_ports`.
+    ServerPort,
 }
 
 impl Rule {
     /// Every rule, in DESIGN.md order.
-    pub const ALL: [Rule; 19] = [
+    pub const ALL: [Rule; 31] = [
         Rule::LineTooLong,
         Rule::NulInLine,
+        Rule::LineSyntax,
         Rule::UnsolicitedPassiveReply,
         Rule::Bounce,
         Rule::PrivilegedPort,
         Rule::MalformedAddress,
+        Rule::UnsupportedDataCommand,
         Rule::PassiveAddressIgnored,
         Rule::MalformedPassiveReply,
         Rule::DataPeer,
@@ -65,10 +95,20 @@ impl Rule {
         Rule::MaxSessionsPerClient,
         Rule::DataPortsExhausted,
         Rule::IdleTimeout,
+        Rule::LineTimeout,
+        Rule::DataChannels,
         Rule::AllowClients,
         Rule::DenyServers,
         Rule::NotRedirected,
         Rule::TlsRefused,
+        Rule::ReplyTooLong,
+        Rule::ReplyTooManyLines,
+        Rule::ReplyQueue,
+        Rule::LocalReplies,
+        Rule::PipelinedCommands,
+        Rule::HeldLines,
+        Rule::GatewayAddress,
+        Rule::ServerPort,
     ];
 
     /// The name in logs (`rule=`) and metrics (`reason=`).
@@ -76,10 +116,12 @@ impl Rule {
         match self {
             Rule::LineTooLong => "line_too_long",
             Rule::NulInLine => "nul_in_line",
+            Rule::LineSyntax => "line_syntax",
             Rule::UnsolicitedPassiveReply => "unsolicited_passive_reply",
             Rule::Bounce => "bounce",
             Rule::PrivilegedPort => "privileged_port",
             Rule::MalformedAddress => "malformed_address",
+            Rule::UnsupportedDataCommand => "unsupported_data_command",
             Rule::PassiveAddressIgnored => "passive_address_ignored",
             Rule::MalformedPassiveReply => "malformed_passive_reply",
             Rule::DataPeer => "data_peer",
@@ -89,28 +131,50 @@ impl Rule {
             Rule::MaxSessionsPerClient => "max_sessions_per_client",
             Rule::DataPortsExhausted => "data_ports_exhausted",
             Rule::IdleTimeout => "idle_timeout",
+            Rule::LineTimeout => "line_timeout",
+            Rule::DataChannels => "data_channels",
             Rule::AllowClients => "allow_clients",
             Rule::DenyServers => "deny_servers",
             Rule::NotRedirected => "not_redirected",
             Rule::TlsRefused => "tls_refused",
+            Rule::ReplyTooLong => "reply_too_long",
+            Rule::ReplyTooManyLines => "reply_too_many_lines",
+            Rule::ReplyQueue => "reply_queue",
+            Rule::LocalReplies => "local_replies",
+            Rule::PipelinedCommands => "pipelined_commands",
+            Rule::HeldLines => "held_lines",
+            Rule::GatewayAddress => "gateway_address",
+            Rule::ServerPort => "server_port",
         }
     }
 
     /// The rule's number in DESIGN.md §6.
     pub fn section(self) -> u8 {
         match self {
-            Rule::LineTooLong | Rule::NulInLine => 1,
+            Rule::LineTooLong | Rule::NulInLine | Rule::LineSyntax => 1,
             Rule::UnsolicitedPassiveReply => 3,
-            Rule::Bounce | Rule::PrivilegedPort | Rule::MalformedAddress => 4,
+            Rule::Bounce
+            | Rule::PrivilegedPort
+            | Rule::MalformedAddress
+            | Rule::UnsupportedDataCommand => 4,
             Rule::PassiveAddressIgnored | Rule::MalformedPassiveReply => 5,
             Rule::DataPeer | Rule::DataAcceptTimeout => 6,
             Rule::EarlyData => 7,
             Rule::MaxSessions
             | Rule::MaxSessionsPerClient
             | Rule::DataPortsExhausted
-            | Rule::IdleTimeout => 8,
+            | Rule::IdleTimeout
+            | Rule::LineTimeout
+            | Rule::DataChannels => 8,
             Rule::AllowClients | Rule::DenyServers | Rule::NotRedirected => 9,
             Rule::TlsRefused => 10,
+            Rule::ReplyTooLong
+            | Rule::ReplyTooManyLines
+            | Rule::ReplyQueue
+            | Rule::LocalReplies
+            | Rule::PipelinedCommands
+            | Rule::HeldLines => 12,
+            Rule::GatewayAddress | Rule::ServerPort => 14,
         }
     }
 }

@@ -18,25 +18,96 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
 
 use crate::config::{ClientSource, ServerMode, TlsPolicy};
 use crate::ftp::command::{
     parse_command, parse_proxy_login, split_command, AlgsArg, Command, EpsvArg,
 };
 use crate::ftp::hostport::{encode_eprt_arg, encode_port_arg, find_227, find_229};
-use crate::ftp::line::{clean_line, LineFramer};
-use crate::ftp::reply::{Reply, ReplyAssembler};
+use crate::ftp::line::{clean_line, wire_line, LineFramer};
+use crate::ftp::reply::{Reply, ReplyAssembler, ReplyError, ReplyLimits};
 use crate::rules::Rule;
+
+/// Reports a rule that fired: always counted ([`Action::Refused`]), logged at `$level`
+/// for the first [`REFUSAL_LOG_BURST`] refusals of the session and then only counted, with
+/// one summary line when the session closes (DESIGN.md §6.15). A refusal that ends the
+/// session (`final`) happens once and is always logged.
+macro_rules! refusal {
+    (final $s:expr, $level:ident, $rule:expr, $($log:tt)+) => {{
+        let rule: Rule = $rule;
+        tracing::$level!(rule = %rule, $($log)+);
+        $s.refuse(rule);
+    }};
+    ($s:expr, $level:ident, $rule:expr, $($log:tt)+) => {{
+        let rule: Rule = $rule;
+        if $s.refusal_log.admit() {
+            tracing::$level!(rule = %rule, $($log)+);
+        }
+        $s.refuse(rule);
+    }};
+}
 
 /// Identifies one data channel within a session.
 pub type ChannelId = u64;
 
-/// Longest server line accepted. Server output on the control channel (`STAT` listings,
-/// `HELP`) has longer lines than commands; this only bounds memory.
-pub const SERVER_MAX_LINE: usize = 64 * 1024;
-
-/// Client lines held while an explicit-proxy login is still connecting upstream.
+/// Client lines held while an explicit-proxy login is still connecting upstream (rule
+/// `held_lines`).
 const MAX_DEFERRED_LINES: usize = 8;
+
+/// Replies ftpgate wrote itself that wait behind outstanding server replies (rule
+/// `local_replies`).
+pub const MAX_LOCAL_REPLIES: usize = 64;
+
+/// Replies waiting for the client behind a gated one, such as a `226` that waits for its
+/// data (rule `reply_queue`); their bytes together are bounded by
+/// [`REPLY_QUEUE_REPLIES`] times [`SessionLimits::max_reply`]'s bytes.
+pub const MAX_QUEUED_REPLIES: usize = 64;
+
+/// The reply queue holds at most this many maximum-size replies' worth of bytes.
+pub const REPLY_QUEUE_REPLIES: usize = 4;
+
+/// Data channels of one session at once (rule `data_channels`): one transfer runs at a
+/// time, and a finished one lingers only while its sockets close.
+pub const MAX_DATA_CHANNELS: usize = 8;
+
+/// Refusals of one session logged before the rest are only counted (rule logs are
+/// rate-limited, DESIGN.md §6.15).
+pub const REFUSAL_LOG_BURST: u32 = 10;
+
+/// The bounds of one session: every buffer and queue a peer can grow (DESIGN.md §6.12),
+/// and the timeouts that end a session nobody uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Longest client line, terminator included (rule `line_too_long`).
+    pub max_line: usize,
+    /// Bytes and lines of one server reply (rules `reply_too_long`, `reply_too_many_lines`);
+    /// also the longest server line.
+    pub max_reply: ReplyLimits,
+    /// Commands sent to the server and awaiting their replies (rule `pipelined_commands`).
+    pub max_pipelined: usize,
+    /// No complete command and no data channel for this long ends the session (rule
+    /// `idle_timeout`).
+    pub idle_timeout: Duration,
+    /// An unfinished client line older than this ends the session (rule `line_timeout`).
+    pub line_timeout: Duration,
+}
+
+impl SessionLimits {
+    /// The session's share of the configured limits.
+    pub fn from_config(l: &crate::config::Limits) -> Self {
+        Self {
+            max_line: l.max_line,
+            max_reply: ReplyLimits {
+                max_bytes: l.max_reply_bytes,
+                max_lines: l.max_reply_lines,
+            },
+            max_pipelined: l.max_pipelined_commands,
+            idle_timeout: l.idle_timeout.0,
+            line_timeout: l.line_timeout.0,
+        }
+    }
+}
 
 /// Where a data connection that ftpgate dials starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +198,12 @@ pub enum DataOpenError {
     /// Binding the listener failed for another reason.
     #[error("cannot listen: {0}")]
     Listen(String),
+    /// The session already has its maximum of data channels.
+    #[error("too many data connections in this session (at most {max})")]
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// The shell's side of data channels, called synchronously by the session so that the
@@ -233,6 +310,8 @@ pub enum Event<'a> {
     UpstreamFailed(String),
     /// Something happened on a data channel.
     Data(ChannelId, DataEvent),
+    /// The time of [`Session::poll_timeout`] has come.
+    Timeout,
 }
 
 /// An output of the session, for the shell to perform in order.
@@ -295,8 +374,10 @@ pub struct SessionParams {
     pub client_source: ClientSource,
     /// What to do with `AUTH TLS`/`AUTH SSL`.
     pub tls: TlsPolicy,
-    /// Longest client line, terminator included.
-    pub max_line: usize,
+    /// Bounds and timeouts.
+    pub limits: SessionLimits,
+    /// Explicit role: the server ports a client may name in `USER name@host:port`.
+    pub allow_server_ports: Vec<u16>,
     /// Accept data ports below 1024 (operator knob; off by default).
     pub allow_privileged_ports: bool,
     /// How data connections toward the server are opened.
@@ -410,8 +491,29 @@ struct Outgoing {
     channel: Option<ChannelId>,
 }
 
-/// Client lines held while ftpgate waits for the answer to a command it sent on its own.
-const MAX_HELD_LINES: usize = 64;
+/// Client lines held while ftpgate waits for the answer to a command it sent on its own
+/// (rule `held_lines`).
+pub const MAX_HELD_LINES: usize = 64;
+
+/// How many refusals of a session were logged, and how many only counted.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// Whether the next refusal may be logged; counts it either way.
+    fn admit(&mut self) -> bool {
+        if self.logged < REFUSAL_LOG_BURST {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
 
 /// One control session. Create with [`Session::new`], call [`Session::start`] once, then
 /// [`Session::handle`] for every event; perform the returned actions in order.
@@ -425,6 +527,8 @@ pub struct Session {
     replies: ReplyAssembler,
     pending: VecDeque<Pending>,
     outq: VecDeque<Outgoing>,
+    /// Bytes of the replies in `outq`.
+    outq_bytes: usize,
     channels: Vec<Channel>,
     prepared: Option<ChannelId>,
     next_channel: ChannelId,
@@ -444,25 +548,32 @@ pub struct Session {
     /// The client sent `EPSV ALL`.
     epsv_all: bool,
     mismatch_logged: bool,
+    refusal_log: RefusalLog,
+    /// The idle timeout counts from here: the last complete client command, or the last
+    /// data channel that ended.
+    idle_since: Instant,
+    /// Since when an unfinished client line has been waiting for its end.
+    partial_since: Option<Instant>,
     actions: Vec<Action>,
 }
 
 impl Session {
-    /// A session for one accepted client.
-    pub fn new(p: SessionParams) -> Self {
+    /// A session for one client accepted at `now`.
+    pub fn new(p: SessionParams, now: Instant) -> Self {
         let phase = match p.upstream {
             UpstreamKind::Fixed => Phase::Connecting,
             UpstreamKind::Explicit => Phase::ExplicitLogin,
         };
         Self {
-            client_lines: LineFramer::new(p.max_line),
-            server_lines: LineFramer::new(SERVER_MAX_LINE),
+            client_lines: LineFramer::new(p.limits.max_line),
+            server_lines: LineFramer::new(p.limits.max_reply.max_bytes),
+            replies: ReplyAssembler::new(p.limits.max_reply),
             p,
             phase,
             server: None,
-            replies: ReplyAssembler::default(),
             pending: VecDeque::new(),
             outq: VecDeque::new(),
+            outq_bytes: 0,
             channels: Vec::new(),
             prepared: None,
             next_channel: 1,
@@ -474,7 +585,41 @@ impl Session {
             translate: true,
             epsv_all: false,
             mismatch_logged: false,
+            refusal_log: RefusalLog::default(),
+            idle_since: now,
+            partial_since: None,
             actions: Vec::new(),
+        }
+    }
+
+    /// When the session wants [`Event::Timeout`]: the idle timeout (while no data channel
+    /// is open) or the end of an unfinished client line, whichever comes first.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        let idle = self
+            .channels
+            .is_empty()
+            .then(|| self.idle_since + self.p.limits.idle_timeout);
+        let line = self.partial_since.map(|t| t + self.p.limits.line_timeout);
+        idle.into_iter().chain(line).min()
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if self
+            .partial_since
+            .is_some_and(|t| now >= t + self.p.limits.line_timeout)
+        {
+            refusal!(final self,
+                info,
+                Rule::LineTimeout,
+                "unfinished command line timed out; closing"
+            );
+            self.close_with(b"421 Timeout waiting for the end of a command line.\r\n".to_vec());
+        } else if self.channels.is_empty() && now >= self.idle_since + self.p.limits.idle_timeout {
+            refusal!(final self, info, Rule::IdleTimeout, "closing idle session");
+            self.close_with(b"421 Idle timeout; closing control connection.\r\n".to_vec());
         }
     }
 
@@ -488,7 +633,7 @@ impl Session {
         std::mem::take(&mut self.actions)
     }
 
-    /// Whether any data channel is open (the shell's idle timer waits for these).
+    /// Whether any data channel is open (the idle timeout waits for these).
     pub fn has_data_channels(&self) -> bool {
         !self.channels.is_empty()
     }
@@ -507,8 +652,13 @@ impl Session {
             .any(|c| c.state == ChannelState::ServerDone)
     }
 
-    /// Feeds one event; returns the actions to perform, in order.
-    pub fn handle(&mut self, event: Event<'_>, data: &mut dyn DataChannels) -> Vec<Action> {
+    /// Feeds one event that happened at `now`; returns the actions to perform, in order.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        event: Event<'_>,
+        data: &mut dyn DataChannels,
+    ) -> Vec<Action> {
         if self.is_closed() {
             // Only the end of a data channel still matters: its transfer record.
             if let Event::Data(id, DataEvent::Finished(stats)) = event {
@@ -520,7 +670,7 @@ impl Session {
             return std::mem::take(&mut self.actions);
         }
         match event {
-            Event::ClientData(bytes) => self.on_client_data(bytes, data),
+            Event::ClientData(bytes) => self.on_client_data(now, bytes, data),
             Event::ServerData(bytes) => self.on_server_data(bytes, data),
             Event::ClientClosed => {
                 tracing::debug!("client closed the control connection");
@@ -540,7 +690,8 @@ impl Session {
                 tracing::warn!(%target, %reason, "upstream connection failed");
                 self.close_with(format!("421 Cannot connect to {target}: {reason}.\r\n"));
             }
-            Event::Data(id, ev) => self.on_data_event(id, ev, data),
+            Event::Data(id, ev) => self.on_data_event(now, id, ev, data),
+            Event::Timeout => self.on_timeout(now),
         }
         std::mem::take(&mut self.actions)
     }
@@ -556,7 +707,7 @@ impl Session {
 
     // ---- client side -------------------------------------------------------------------
 
-    fn on_client_data(&mut self, bytes: &[u8], data: &mut dyn DataChannels) {
+    fn on_client_data(&mut self, now: Instant, bytes: &[u8], data: &mut dyn DataChannels) {
         match self.phase {
             Phase::Passthrough => {
                 self.actions.push(Action::ToServer(bytes.to_vec()));
@@ -564,12 +715,12 @@ impl Session {
             }
             Phase::Connecting | Phase::Greeting => {
                 // Rule 7: a peer that talks before it was greeted is not an FTP client.
-                tracing::warn!(
-                    rule = %Rule::EarlyData,
+                refusal!(final self,
+                    warn,
+                    Rule::EarlyData,
                     bytes = bytes.len(),
                     "client sent data before the greeting; closing"
                 );
-                self.refuse(Rule::EarlyData);
                 self.close_with(b"421 Protocol violation: data before greeting.\r\n".to_vec());
                 return;
             }
@@ -581,20 +732,23 @@ impl Session {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(rule = %Rule::LineTooLong, "client {e}; closing");
-                    self.refuse(Rule::LineTooLong);
+                    refusal!(final self, warn, Rule::LineTooLong, "client {e}; closing");
                     self.close_with(
                         format!("500 Command line too long.\r\n421 Closing: {e}.\r\n").into_bytes(),
                     );
                     return;
                 }
             };
+            // Only a complete command counts as activity (rule idle_timeout).
+            self.idle_since = now;
             match self.phase {
                 Phase::ExplicitLogin => self.on_login_line(line),
                 Phase::ExplicitConnecting { .. } | Phase::ExplicitGreeting { .. } => {
                     if self.deferred.len() >= MAX_DEFERRED_LINES {
-                        self.close_with(
-                            b"421 Too many commands before the login completed.\r\n".to_vec(),
+                        self.too_many(
+                            Rule::HeldLines,
+                            MAX_DEFERRED_LINES,
+                            "commands before the login completed",
                         );
                     } else {
                         self.deferred.push(line);
@@ -608,6 +762,23 @@ impl Session {
                 return;
             }
         }
+        // An unfinished line must end within line_timeout; only its start counts.
+        self.partial_since = match (self.client_lines.has_partial(), self.partial_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+    }
+
+    /// A bounded queue overflowed: the session ends with `421` (DESIGN.md §6.12).
+    fn too_many(&mut self, rule: Rule, max: usize, what: &str) {
+        refusal!(final self,
+            warn,
+            rule,
+            max,
+            "session limit exceeded: too many {what}; closing"
+        );
+        self.close_with(format!("421 Too many {what}; closing.\r\n").into_bytes());
     }
 
     /// Explicit role, before the upstream is known.
@@ -618,7 +789,25 @@ impl Session {
             return;
         }
         match parse_command(&clean) {
+            Command::Empty => {}
+            Command::Malformed(e) => self.refuse_syntax(e),
             Command::User(arg) => match parse_proxy_login(arg) {
+                Ok(login) if !self.p.allow_server_ports.contains(&login.port) => {
+                    refusal!(self, warn, Rule::ServerPort, host = %login.host, port = login.port, "refused explicit-proxy login to a port that is not allowed");
+                    self.reply_local(
+                        format!(
+                            "530 Port {} is not allowed through this proxy (allowed: {}).\r\n",
+                            login.port,
+                            self.p
+                                .allow_server_ports
+                                .iter()
+                                .map(u16::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                        .into_bytes(),
+                    );
+                }
                 Ok(login) => {
                     tracing::info!(host = %login.host, port = login.port, "explicit proxy login");
                     self.actions.push(Action::ConnectUpstream {
@@ -643,15 +832,28 @@ impl Session {
     }
 
     fn refuse_nul(&mut self) {
-        tracing::warn!(rule = %Rule::NulInLine, "client line contains NUL; closing");
-        self.refuse(Rule::NulInLine);
+        refusal!(final self,
+            warn,
+            Rule::NulInLine,
+            "client line contains NUL; closing"
+        );
         self.close_with(b"500 NUL in command line.\r\n421 Closing connection.\r\n".to_vec());
+    }
+
+    /// A line the server might read differently: answered here, never forwarded.
+    fn refuse_syntax(&mut self, e: crate::ftp::command::LineSyntax) {
+        refusal!(self, info, Rule::LineSyntax, error = %e, "refused a malformed command line");
+        self.reply_local(format!("500 Syntax error: {e}.\r\n").into_bytes());
     }
 
     fn on_command_line(&mut self, line: Vec<u8>, data: &mut dyn DataChannels) {
         if self.holding {
             if self.held.len() >= MAX_HELD_LINES {
-                self.close_with(b"421 Too many commands sent without waiting.\r\n".to_vec());
+                self.too_many(
+                    Rule::HeldLines,
+                    MAX_HELD_LINES,
+                    "commands sent without waiting",
+                );
             } else {
                 self.held.push_back(line);
             }
@@ -662,11 +864,17 @@ impl Session {
             self.refuse_nul();
             return;
         }
+        // What the server gets: the line as ftpgate parsed it.
+        let wire = wire_line(&line).into_owned();
         let command = parse_command(&clean);
         if self.epsv_all
             && matches!(
                 command,
-                Command::Port(_) | Command::Eprt(_) | Command::Pasv | Command::BadAddress { .. }
+                Command::Port(_)
+                    | Command::Eprt(_)
+                    | Command::Pasv
+                    | Command::BadAddress { .. }
+                    | Command::BadArgument { verb: "PASV" }
             )
         {
             // RFC 2428 §4: after EPSV ALL only EPSV sets up data connections.
@@ -674,11 +882,36 @@ impl Session {
             return;
         }
         match command {
+            Command::Empty => tracing::debug!("ignored an empty command line"),
+            Command::Malformed(e) => self.refuse_syntax(e),
+            Command::Unsupported(verb) => {
+                refusal!(
+                    self,
+                    info,
+                    Rule::UnsupportedDataCommand,
+                    verb,
+                    "refused a data command ftpgate does not implement"
+                );
+                self.reply_local(
+                    format!("502 {verb} is not supported through this gateway; use EPSV, PASV, EPRT or PORT.\r\n")
+                        .into_bytes(),
+                );
+            }
+            Command::BadArgument { verb: "EPSV" } => self.epsv_family_unsupported(),
+            Command::BadArgument { verb } => {
+                refusal!(
+                    self,
+                    info,
+                    Rule::LineSyntax,
+                    verb,
+                    "refused an argument the gateway does not take"
+                );
+                self.reply_local(format!("501 {verb}: unexpected argument.\r\n").into_bytes());
+            }
             Command::Port(addr) => self.client_active(SocketAddr::V4(addr), false, data),
             Command::Eprt(addr) => self.client_active(addr, true, data),
             Command::BadAddress { verb, error } => {
-                tracing::info!(rule = %Rule::MalformedAddress, verb, %error, "refused malformed address");
-                self.refuse(Rule::MalformedAddress);
+                refusal!(self, info, Rule::MalformedAddress, verb, %error, "refused malformed address");
                 self.reply_local(format!("501 {verb} refused: {error}.\r\n").into_bytes());
             }
             Command::Pasv => self.client_passive(false, data),
@@ -698,40 +931,49 @@ impl Session {
                 if family_ok {
                     self.client_passive(true, data);
                 } else {
-                    let ours = if self.p.client_side.announce.is_ipv4() {
-                        1
-                    } else {
-                        2
-                    };
-                    self.reply_local(
-                        format!("522 Network protocol not supported, use ({ours}).\r\n")
-                            .into_bytes(),
-                    );
+                    self.epsv_family_unsupported();
                 }
             }
             Command::Algs(arg) => self.on_algs(arg),
             Command::Auth(_) if self.p.tls == TlsPolicy::Passthrough => {
-                self.forward(line, Awaiting::Auth)
+                self.forward(wire, Awaiting::Auth)
             }
             Command::Auth(mech) => {
-                tracing::info!(rule = %Rule::TlsRefused, mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
-                self.refuse(Rule::TlsRefused);
+                refusal!(self, info, Rule::TlsRefused, mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
                 self.reply_local(b"534 TLS is refused by this gateway's policy.\r\n".to_vec());
             }
             Command::Rein | Command::Abor => {
                 // An announced data connection that never came is not coming now.
                 self.cancel_prepared(data);
                 self.port_target = None;
-                self.forward(line, Awaiting::Other);
+                // ABOR keeps the Telnet IP/DM in front of it: servers look for them.
+                let sent = if command == Command::Abor {
+                    line.clone()
+                } else {
+                    wire
+                };
+                self.forward(sent, Awaiting::Other);
             }
             Command::Other => {
                 let transfer = transfer_command(&clean);
                 let rest =
-                    split_command(&clean).is_some_and(|c| c.verb.eq_ignore_ascii_case(b"REST"));
-                self.on_other(line, transfer, rest);
+                    split_command(&clean).is_ok_and(|c| c.verb.eq_ignore_ascii_case(b"REST"));
+                self.on_other(wire, transfer, rest);
             }
-            Command::User(_) | Command::Quit => self.forward(line, Awaiting::Other),
+            Command::User(_) | Command::Quit => self.forward(wire, Awaiting::Other),
         }
+    }
+
+    /// `EPSV` for a protocol ftpgate's client side does not announce (RFC 2428 §3).
+    fn epsv_family_unsupported(&mut self) {
+        let ours = if self.p.client_side.announce.is_ipv4() {
+            1
+        } else {
+            2
+        };
+        self.reply_local(
+            format!("522 Network protocol not supported, use ({ours}).\r\n").into_bytes(),
+        );
     }
 
     /// RFC 6384 `ALGS`: the client asks about (or switches) the IPv6/IPv4 translation.
@@ -796,7 +1038,26 @@ impl Session {
         Some(ch.id)
     }
 
+    /// Sends a command to the server; its reply is awaited in order. A client that
+    /// pipelines more than `max_pipelined` commands ends its session (a server that never
+    /// answers would otherwise let the queue grow without bound).
     fn forward(&mut self, line: Vec<u8>, awaiting: Awaiting) {
+        if self.is_closed() {
+            return;
+        }
+        let waiting = self
+            .pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Server(_)))
+            .count();
+        if waiting >= self.p.limits.max_pipelined {
+            self.too_many(
+                Rule::PipelinedCommands,
+                self.p.limits.max_pipelined,
+                "commands awaiting replies",
+            );
+            return;
+        }
         self.actions.push(Action::ToServer(line));
         self.pending.push_back(Pending::Server(awaiting));
     }
@@ -844,6 +1105,19 @@ impl Session {
         if self.pending.is_empty() {
             self.enqueue(reply_code(&bytes), bytes, None);
             self.flush();
+            return;
+        }
+        let waiting = self
+            .pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Local(_)))
+            .count();
+        if waiting >= MAX_LOCAL_REPLIES {
+            self.too_many(
+                Rule::LocalReplies,
+                MAX_LOCAL_REPLIES,
+                "commands answered while a reply is outstanding",
+            );
         } else {
             self.pending.push_back(Pending::Local(bytes));
         }
@@ -854,8 +1128,7 @@ impl Session {
         let verb = if ext { "EPRT" } else { "PORT" };
         let client_ip = self.p.client.ip().to_canonical();
         if addr.ip().to_canonical() != client_ip {
-            tracing::warn!(rule = %Rule::Bounce, verb, %addr, "refused data address of another host");
-            self.refuse(Rule::Bounce);
+            refusal!(self, warn, Rule::Bounce, verb, %addr, "refused data address of another host");
             self.reply_local(
                 format!("504 {verb} refused: the address must be your own ({client_ip}).\r\n")
                     .into_bytes(),
@@ -863,8 +1136,7 @@ impl Session {
             return;
         }
         if addr.port() < 1024 && !self.p.allow_privileged_ports {
-            tracing::warn!(rule = %Rule::PrivilegedPort, verb, %addr, "refused privileged data port");
-            self.refuse(Rule::PrivilegedPort);
+            refusal!(self, warn, Rule::PrivilegedPort, verb, %addr, "refused privileged data port");
             self.reply_local(
                 format!("504 {verb} refused: data ports below 1024 are not allowed.\r\n")
                     .into_bytes(),
@@ -1034,13 +1306,32 @@ impl Session {
         data: &mut dyn DataChannels,
     ) -> Result<(ChannelId, Ports), DataOpenError> {
         self.cancel_prepared(data);
+        if self.channels.len() >= MAX_DATA_CHANNELS {
+            refusal!(
+                self,
+                warn,
+                Rule::DataChannels,
+                max = MAX_DATA_CHANNELS,
+                "too many data channels in one session"
+            );
+            return Err(DataOpenError::TooMany {
+                max: MAX_DATA_CHANNELS,
+            });
+        }
         let id = self.next_channel;
         self.next_channel += 1;
-        let ports = data.open(id, plan).inspect_err(|e| {
-            tracing::warn!(error = %e, "cannot open data channel");
-        });
-        if ports == Err(DataOpenError::Exhausted) {
-            self.refuse(Rule::DataPortsExhausted);
+        let ports = data.open(id, plan);
+        match &ports {
+            Err(DataOpenError::Exhausted) => {
+                refusal!(
+                    self,
+                    warn,
+                    Rule::DataPortsExhausted,
+                    "cannot open data channel: no free data port"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open data channel"),
+            Ok(_) => {}
         }
         let ports = ports?;
         self.channels.push(Channel {
@@ -1077,17 +1368,25 @@ impl Session {
         }
         self.server_lines.push(bytes);
         loop {
-            let line = match self.server_lines.next_line() {
-                Ok(Some(line)) => line,
+            let reply = match self.server_lines.next_line() {
+                Ok(Some(line)) => self.replies.push_line(&line),
                 Ok(None) => break,
+                Err(_) => Err(ReplyError::TooLong {
+                    max: self.p.limits.max_reply.max_bytes,
+                }),
+            };
+            match reply {
+                Ok(Some(reply)) => self.on_reply(reply, data),
+                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!("server {e}; closing");
-                    self.close_with(b"421 The server sent an over-long line.\r\n".to_vec());
+                    let rule = match e {
+                        ReplyError::TooLong { .. } => Rule::ReplyTooLong,
+                        ReplyError::TooManyLines { .. } => Rule::ReplyTooManyLines,
+                    };
+                    refusal!(final self, warn, rule, "server sent {e}; closing");
+                    self.close_with(format!("421 The server sent {e}.\r\n").into_bytes());
                     return;
                 }
-            };
-            if let Some(reply) = self.replies.push_line(&line) {
-                self.on_reply(reply, data);
             }
             if self.is_closed() {
                 return;
@@ -1103,19 +1402,13 @@ impl Session {
     }
 
     fn on_reply(&mut self, reply: Reply, data: &mut dyn DataChannels) {
-        match std::mem::replace(&mut self.phase, Phase::Closed) {
+        match self.phase {
             Phase::Greeting => self.on_greeting(reply),
-            Phase::ExplicitGreeting { user, host } => {
-                self.on_explicit_greeting(reply, user, host, data)
-            }
-            phase @ Phase::Relay => {
-                self.phase = phase;
-                self.on_relay_reply(reply, data);
-            }
-            phase => {
+            Phase::ExplicitGreeting { .. } => self.on_explicit_greeting(reply, data),
+            Phase::Relay => self.on_relay_reply(reply, data),
+            _ => {
                 // Replies in other phases (a server that talks before its TCP handshake
-                // completed cannot exist); keep the phase and pass the text on.
-                self.phase = phase;
+                // completed cannot exist); pass the text on.
                 self.enqueue(reply.code, reply.raw, None);
                 self.flush();
             }
@@ -1123,7 +1416,6 @@ impl Session {
     }
 
     fn on_greeting(&mut self, reply: Reply) {
-        self.phase = Phase::Greeting;
         let code = reply.code;
         self.enqueue(code, reply.raw, None);
         self.flush();
@@ -1137,17 +1429,14 @@ impl Session {
         }
     }
 
-    fn on_explicit_greeting(
-        &mut self,
-        reply: Reply,
-        user: Vec<u8>,
-        host: String,
-        data: &mut dyn DataChannels,
-    ) {
+    fn on_explicit_greeting(&mut self, reply: Reply, data: &mut dyn DataChannels) {
+        let Phase::ExplicitGreeting { user, host } = &self.phase else {
+            return;
+        };
         match reply.code {
             Some(220) => {
                 let mut line = b"USER ".to_vec();
-                line.extend_from_slice(&user);
+                line.extend_from_slice(user);
                 line.extend_from_slice(b"\r\n");
                 self.phase = Phase::Relay;
                 self.forward(line, Awaiting::Other);
@@ -1159,10 +1448,11 @@ impl Session {
                 }
             }
             Some(c) if c >= 200 => {
-                let text = String::from_utf8_lossy(reply.last_text()).into_owned();
-                self.close_with(format!("421 {host} refused the session: {c} {text}\r\n"));
+                let text = String::from_utf8_lossy(reply.last_text());
+                let reply = format!("421 {host} refused the session: {c} {text}\r\n");
+                self.close_with(reply);
             }
-            _ => self.phase = Phase::ExplicitGreeting { user, host },
+            _ => {}
         }
     }
 
@@ -1188,10 +1478,15 @@ impl Session {
             None => Awaiting::Other,
         };
         let code = reply.code;
-        if matches!(code, Some(227 | 229)) && !matches!(awaiting, Awaiting::Passive { .. }) {
+        if matches!(code, Some(227..=229)) && !matches!(awaiting, Awaiting::Passive { .. }) {
             // Rule 3: only the answer to the outstanding PASV/EPSV counts; this is text.
-            tracing::info!(rule = %Rule::UnsolicitedPassiveReply, "passing a 227/229 that answers no PASV/EPSV as text");
-            self.refuse(Rule::UnsolicitedPassiveReply);
+            // (ftpgate never sends LPSV, so a 228 answers nothing.)
+            refusal!(
+                self,
+                info,
+                Rule::UnsolicitedPassiveReply,
+                "passing a 227/228/229 that answers no PASV/EPSV as text"
+            );
         }
         let mut passthrough = false;
         let mut resolved = false;
@@ -1335,11 +1630,13 @@ impl Session {
         } else {
             find_227(reply.last_text()).map(|(addr, span)| (Some(*addr.ip()), addr.port(), span))
         };
-        let (named_ip, server_port, span) = found.map_err(|e| {
-            tracing::warn!(rule = %Rule::MalformedPassiveReply, error = %e, "unparsable passive reply");
-            self.refuse(Rule::MalformedPassiveReply);
-            b"425 Cannot parse the server's passive reply.\r\n".to_vec()
-        })?;
+        let (named_ip, server_port, span) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                refusal!(self, warn, Rule::MalformedPassiveReply, error = %e, "unparsable passive reply");
+                return Err(b"425 Cannot parse the server's passive reply.\r\n".to_vec());
+            }
+        };
         if let Some(ip) = named_ip {
             if IpAddr::V4(ip) != server.ip().to_canonical() {
                 self.refuse(Rule::PassiveAddressIgnored);
@@ -1355,8 +1652,13 @@ impl Session {
             }
         }
         if server_port < 1024 && !self.p.allow_privileged_ports {
-            tracing::warn!(rule = %Rule::PrivilegedPort, port = server_port, "refused privileged passive port");
-            self.refuse(Rule::PrivilegedPort);
+            refusal!(
+                self,
+                warn,
+                Rule::PrivilegedPort,
+                port = server_port,
+                "refused privileged passive port"
+            );
             return Err(b"425 Refused: the server offered a data port below 1024.\r\n".to_vec());
         }
         let offset = reply.last_text_offset();
@@ -1445,10 +1747,18 @@ impl Session {
 
     // ---- data channels and the reply gate ----------------------------------------------
 
-    fn on_data_event(&mut self, id: ChannelId, ev: DataEvent, data: &mut dyn DataChannels) {
+    fn on_data_event(
+        &mut self,
+        now: Instant,
+        id: ChannelId,
+        ev: DataEvent,
+        data: &mut dyn DataChannels,
+    ) {
         let Some(pos) = self.channels.iter().position(|c| c.id == id) else {
             return;
         };
+        // Data moving is the session in use: the idle time counts from its last event.
+        self.idle_since = now;
         match ev {
             DataEvent::Established => {
                 self.channels[pos].state = ChannelState::Established;
@@ -1497,7 +1807,23 @@ impl Session {
         Some(self.channels.remove(pos))
     }
 
+    /// Queues a reply for the client, behind any that wait for their data channel. A
+    /// server that talks while a reply waits can fill the queue only so far (rule
+    /// `reply_queue`).
     fn enqueue(&mut self, code: Option<u16>, bytes: Vec<u8>, channel: Option<ChannelId>) {
+        if self.is_closed() {
+            return;
+        }
+        let max_bytes = REPLY_QUEUE_REPLIES * self.p.limits.max_reply.max_bytes;
+        if self.outq.len() >= MAX_QUEUED_REPLIES || self.outq_bytes + bytes.len() > max_bytes {
+            self.too_many(
+                Rule::ReplyQueue,
+                MAX_QUEUED_REPLIES,
+                "server replies while a reply waits for its data",
+            );
+            return;
+        }
+        self.outq_bytes += bytes.len();
         self.outq.push_back(Outgoing {
             code,
             bytes,
@@ -1527,12 +1853,14 @@ impl Session {
                 break;
             }
             if let Some(out) = self.outq.pop_front() {
+                self.outq_bytes -= out.bytes.len();
                 self.send_client(out.bytes);
             }
         }
     }
 
     fn flush_all(&mut self) {
+        self.outq_bytes = 0;
         while let Some(out) = self.outq.pop_front() {
             self.send_client(out.bytes);
         }
@@ -1547,11 +1875,24 @@ impl Session {
     }
 
     fn close(&mut self) {
+        if self.refusal_log.suppressed > 0 {
+            tracing::warn!(
+                suppressed = self.refusal_log.suppressed,
+                "further refusals of this session were counted but not logged"
+            );
+        }
         self.phase = Phase::Closed;
+        self.held.clear();
+        self.deferred.clear();
+        self.pending.clear();
         self.actions.push(Action::Close);
     }
 
+    /// Sends what is queued and `reply`, then closes. Nothing happens on a closed session.
     fn close_with(&mut self, reply: impl Into<Vec<u8>>) {
+        if self.is_closed() {
+            return;
+        }
         self.flush_all();
         self.send_client(reply.into());
         self.close();
@@ -1561,7 +1902,7 @@ impl Session {
 /// A transfer command's verb (upper case) and argument (for the log, at most 512
 /// characters), or `None` for other lines.
 fn transfer_command(clean: &[u8]) -> Option<(String, String)> {
-    let cl = split_command(clean)?;
+    let cl = split_command(clean).ok()?;
     TRANSFER_COMMANDS
         .iter()
         .any(|(verb, _)| cl.verb.eq_ignore_ascii_case(verb.as_bytes()))

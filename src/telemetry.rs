@@ -17,6 +17,8 @@
 //!   ports and the size of the pool.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -52,6 +54,60 @@ pub enum TelemetryError {
         /// Why.
         message: String,
     },
+}
+
+/// Lets a burst of log lines through per interval and counts the rest, so that a flood
+/// (refused connections, a failing `accept`) cannot grow the log faster than the
+/// interval allows. The count of lines held back goes out with the next line let through;
+/// metrics stay exact either way.
+#[derive(Debug)]
+pub struct LogLimiter {
+    burst: u32,
+    interval: Duration,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug)]
+struct LimiterState {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// At most `burst` lines per `interval`.
+    pub const fn new(burst: u32, interval: Duration) -> Self {
+        Self {
+            burst,
+            interval,
+            state: Mutex::new(LimiterState {
+                window: None,
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(held back)` when a line may be logged now, with the number of lines held
+    /// back since the last one; `None` when this one is only counted.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(st.window, Some(start) if now < start + self.interval) {
+            st.window = Some(now);
+            st.logged = 0;
+        }
+        if st.logged < self.burst {
+            st.logged += 1;
+            Some(std::mem::take(&mut st.suppressed))
+        } else {
+            st.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Logs to stderr in the configured format; `RUST_LOG` overrides the level.
@@ -180,4 +236,21 @@ pub fn gateway_started(gateway: &str) {
     }
     metrics::counter!(UPSTREAM_CONNECT_FAILURES_TOTAL, "gateway" => g()).increment(0);
     metrics::gauge!(SESSIONS_ACTIVE, "gateway" => g()).increment(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_log_lines_is_cut_to_a_burst_per_interval() {
+        let limiter = LogLimiter::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let admitted: Vec<Option<u64>> = (0..10).map(|_| limiter.admit_at(t0)).collect();
+        assert_eq!(admitted[..3], [Some(0), Some(0), Some(0)]);
+        assert!(admitted[3..].iter().all(Option::is_none));
+        // The next window's first line reports the seven held back.
+        assert_eq!(limiter.admit_at(t0 + Duration::from_secs(10)), Some(7));
+        assert_eq!(limiter.admit_at(t0 + Duration::from_secs(11)), Some(0));
+    }
 }

@@ -1,7 +1,11 @@
 //! The `ftpgate` command line: configuration checks, start-up errors, shutdown.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use common::config_file;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,14 +20,6 @@ fn ftpgate_on(verb: &str, file: &Path) -> std::process::Output {
         .arg(file)
         .output()
         .unwrap()
-}
-
-/// Writes a configuration into a fresh temporary directory (kept alive by the guard).
-fn config_file(name: &str, yaml: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join(name);
-    std::fs::write(&file, yaml).unwrap();
-    (dir, file)
 }
 
 #[test]

@@ -79,6 +79,54 @@ fn idle_sessions_are_closed() {
 }
 
 #[test]
+fn a_trickle_of_bytes_does_not_keep_a_session_open() {
+    // Rules idle_timeout and line_timeout: a byte every 0.3 s never completes a command;
+    // it neither refreshes the idle timer nor holds the session past line_timeout.
+    let server = PyFtpd::start(&[]);
+    let gw = Gateway::start(&publish_yaml(
+        server.port,
+        &data_ports(5),
+        "",
+        "  idle_timeout: 3s\n  line_timeout: 1s",
+    ));
+    let mut c = Control::connect(gw.addr());
+    c.login();
+    let started = std::time::Instant::now();
+    let writer = {
+        let mut w = c.writer.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for _ in 0..30 {
+                if w.write_all(b"N").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let bye = c.reply();
+    assert!(
+        bye.starts_with("421 Timeout waiting for the end"),
+        "{bye:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(c.reply(), "");
+    writer.join().unwrap();
+
+    // Complete commands keep a session open past its idle timeout.
+    let mut c = Control::connect(gw.addr());
+    c.login();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(c.cmd("NOOP").starts_with("200"));
+    }
+}
+
+#[test]
 fn port_exhaustion_answers_425_and_ports_return_after_the_timeout() {
     let server = PyFtpd::start(&[]);
     let gw = Gateway::start(&publish_yaml(

@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use common::{
-    data_ports, random_file, require, run, run_ok, sha256, support, Gateway, Mode, PyFtpd,
+    data_ports, random_file, require, run, run_ok, sha256, support, Gateway, Mode, PyFtpd, Victim,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +48,10 @@ const RFC959_ONLY: &[&str] = &["--disable", "EPSV,EPRT"];
 fn gateway_yaml(role: Role, server_port: u16, relay: &str, server_mode: &str) -> String {
     let upstream = match role {
         Role::Publish | Role::PublishV6 => format!("\"127.0.0.1:{server_port}\""),
-        Role::Explicit => "\"user@host\"\n    deny_servers: []".to_owned(),
+        // The server is on loopback, one of the gateway's own addresses: an exception.
+        Role::Explicit => format!(
+            "\"user@host\"\n    allow_servers: [\"127.0.0.1\"]\n    allow_server_ports: [{server_port}]"
+        ),
     };
     let (listen, client_side) = match role {
         Role::PublishV6 => ("[::1]:0", "::1"),
@@ -284,10 +287,9 @@ fn passive_reply_names_the_gateway_port() {
     assert!((first..=last).contains(&port), "{epsv}");
 }
 
-#[test]
-fn explicit_proxy_refuses_denied_upstreams() {
-    // With the default deny list, USER name@127.0.0.1 must not reach loopback.
-    let server = PyFtpd::start(&[]);
+/// An explicit gateway on loopback with `extra` settings; the error of a listing through it
+/// as `USER anonymous@HOST:PORT` (the listing must fail).
+fn explicit_login_fails(extra: &str, host: &str, port: u16) -> String {
     let yaml = format!(
         r#"
 gateways:
@@ -296,6 +298,7 @@ gateways:
     upstream: "user@host"
     server_side: {{ address: 127.0.0.1 }}
     data_ports: "{}"
+{extra}
 log: {{ level: warn }}
 "#,
         data_ports(5)
@@ -309,12 +312,77 @@ log: {{ level: warn }}
             "--mode",
             "PASV",
             "--user",
-            &format!("anonymous@127.0.0.1:{}", server.port),
+            &format!("anonymous@{host}:{port}"),
         ])
         .arg("list"));
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn explicit_proxy_refuses_denied_upstreams() {
+    // With the default deny list, USER name@127.0.0.1 must not reach loopback.
+    let server = PyFtpd::start(&[]);
+    let err = explicit_login_fails(
+        &format!("    allow_server_ports: [{}]", server.port),
+        "127.0.0.1",
+        server.port,
+    );
     assert!(err.contains("421") && err.contains("not allowed"), "{err}");
+}
+
+#[test]
+fn explicit_proxy_never_dials_the_gateway_itself() {
+    // Rule gateway_address: even with an empty deny list, none of the host's own
+    // addresses is an upstream; a service there (here on a non-loopback address of this
+    // host, found from its interfaces) is never contacted.
+    let Some(own) = if_addrs::get_if_addrs()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI machines have an address"
+        );
+        eprintln!("SKIPPED explicit_proxy_never_dials_the_gateway_itself: no non-loopback address");
+        return;
+    };
+    let victim = Victim::bind(&own.to_string(), 0);
+    let port = victim.addr.port();
+    let err = explicit_login_fails(
+        &format!("    deny_servers: []\n    allow_server_ports: [{port}]"),
+        &own.to_string(),
+        port,
+    );
+    assert!(err.contains("421") && err.contains("not allowed"), "{err}");
+    // And loopback, which the address list names too.
+    let err = explicit_login_fails(
+        &format!("    deny_servers: []\n    allow_server_ports: [{port}]"),
+        "127.0.0.1",
+        port,
+    );
+    assert!(err.contains("421") && err.contains("not allowed"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        victim.connections(),
+        0,
+        "the gateway's own service was contacted"
+    );
+}
+
+#[test]
+fn explicit_proxy_refuses_ports_outside_its_allow_list() {
+    // Rule server_port: not a tunnel to SMTP on an allowed host (here the server port is
+    // not in the default list [21]).
+    let server = PyFtpd::start(&[]);
+    let err = explicit_login_fails(
+        "    allow_servers: [\"127.0.0.1\"]",
+        "127.0.0.1",
+        server.port,
+    );
+    assert!(err.contains("530") && err.contains("not allowed"), "{err}");
 }
 
 macro_rules! conversions {

@@ -1,6 +1,16 @@
 //! Client command lines: a verb (case-insensitive) and an optional argument, with the
-//! commands the gateway acts on typed. Everything else is [`Command::Other`] and passes
-//! through untouched.
+//! commands the gateway acts on typed.
+//!
+//! The grammar is strict, because a line the server reads differently from ftpgate is a
+//! line ftpgate cannot vouch for: the verb starts at the first byte and is made of ASCII
+//! letters; it ends the line or is followed by exactly one space and the argument; the
+//! argument holds no control characters but TAB. Anything else is
+//! [`Command::Malformed`] and is answered by the gateway, never forwarded (servers differ:
+//! vsftpd answers `500` to a line that starts with a blank, pure-ftpd says nothing at all,
+//! which would leave replies matched to the wrong commands). For the verbs ftpgate acts on,
+//! trailing spaces of the argument are ignored and any other argument is refused, since
+//! servers act on `PASV x` or `EPSV 1 ` as on `PASV` and `EPSV 1`. Every other well-formed
+//! line is [`Command::Other`] and passes through unchanged.
 
 use std::net::{SocketAddr, SocketAddrV4};
 
@@ -37,6 +47,20 @@ pub enum AlgsArg {
     Unknown,
 }
 
+/// Why a line is not a command line ftpgate can vouch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LineSyntax {
+    /// The line does not start with a verb of ASCII letters (leading blank, digit, …).
+    #[error("a command line starts with a verb of letters")]
+    NoVerb,
+    /// The verb is followed by something else than one space (a TAB, a CR, a digit, …).
+    #[error("the verb must be followed by one space or the end of the line")]
+    Separator,
+    /// The argument holds a control character (a bare CR, an escape, …).
+    #[error("control characters are not allowed in a command line")]
+    ControlCharacter,
+}
+
 /// A client command as far as the gateway cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -53,8 +77,16 @@ pub enum Command<'a> {
     },
     /// `PASV`.
     Pasv,
-    /// `EPSV` with its argument; an unknown argument is [`Command::Other`].
+    /// `EPSV` with its argument.
     Epsv(EpsvArg),
+    /// A verb ftpgate acts on, with an argument it does not take (`PASV x`, `EPSV 7`).
+    BadArgument {
+        /// The verb, upper case.
+        verb: &'static str,
+    },
+    /// A data-connection verb ftpgate does not implement (`LPRT`, `LPSV`, `SPSV`): refused,
+    /// since a server that knows it would open a data connection ftpgate does not see.
+    Unsupported(&'static str),
     /// `USER name`.
     User(&'a [u8]),
     /// `AUTH mechanism` (TLS, SSL, …).
@@ -67,7 +99,11 @@ pub enum Command<'a> {
     Rein,
     /// `ALGS` (RFC 6384), answered by the gateway.
     Algs(AlgsArg),
-    /// Any other line, including ones that are not commands at all.
+    /// A line with nothing in it (after Telnet commands were removed).
+    Empty,
+    /// A line that is not a well-formed command line.
+    Malformed(LineSyntax),
+    /// Any other well-formed command line.
     Other,
 }
 
@@ -80,30 +116,56 @@ pub struct CommandLine<'a> {
     pub arg: Option<&'a [u8]>,
 }
 
+/// Longest verb accepted (RFC 959 verbs have three or four letters).
+const MAX_VERB: usize = 16;
+
 fn command_line(input: &[u8]) -> IResult<&[u8], CommandLine<'_>> {
-    let (input, verb) = take_while_m_n(1, 16, |b: u8| b.is_ascii_alphabetic()).parse(input)?;
+    let (input, verb) =
+        take_while_m_n(1, MAX_VERB, |b: u8| b.is_ascii_alphabetic()).parse(input)?;
     let (input, arg) = opt(preceded(tag(&b" "[..]), rest)).parse(input)?;
     Ok((input, CommandLine { verb, arg }))
 }
 
-/// Splits a cleaned line (no terminator, no Telnet sequences) into verb and argument.
-/// Returns `None` for a line that does not start with a verb.
-pub fn split_command(line: &[u8]) -> Option<CommandLine<'_>> {
-    match command_line(line) {
-        Ok((&[], cl)) => Some(cl),
-        _ => None,
+/// Splits a cleaned line (no terminator, no Telnet sequences) into verb and argument,
+/// by the strict grammar of this module.
+pub fn split_command(line: &[u8]) -> Result<CommandLine<'_>, LineSyntax> {
+    let cl = match command_line(line) {
+        Ok((&[], cl)) => cl,
+        Ok(_) => return Err(LineSyntax::Separator),
+        Err(_) => return Err(LineSyntax::NoVerb),
+    };
+    if cl
+        .arg
+        .unwrap_or_default()
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(LineSyntax::ControlCharacter);
     }
+    Ok(cl)
+}
+
+/// The argument of a verb ftpgate acts on: trailing spaces do not count.
+fn typed_arg(arg: Option<&[u8]>) -> Option<&[u8]> {
+    let arg = arg?;
+    let end = arg.iter().rposition(|&b| b != b' ')? + 1;
+    Some(&arg[..end])
 }
 
 /// Parses a cleaned line into a [`Command`].
 pub fn parse_command(line: &[u8]) -> Command<'_> {
-    let Some(CommandLine { verb, arg }) = split_command(line) else {
-        return Command::Other;
+    if line.is_empty() {
+        return Command::Empty;
+    }
+    let CommandLine { verb, arg } = match split_command(line) {
+        Ok(cl) => cl,
+        Err(e) => return Command::Malformed(e),
     };
     let is = |name: &str| verb.eq_ignore_ascii_case(name.as_bytes());
-    let arg_or_empty = arg.unwrap_or_default();
+    let typed = typed_arg(arg);
+    let upper = || typed.map(<[u8]>::to_ascii_uppercase);
     if is("PORT") {
-        match parse_port_arg(arg_or_empty) {
+        match parse_port_arg(typed.unwrap_or_default()) {
             Ok(addr) => Command::Port(addr),
             Err(error) => Command::BadAddress {
                 verb: "PORT",
@@ -111,27 +173,36 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
             },
         }
     } else if is("EPRT") {
-        match parse_eprt_arg(arg_or_empty) {
+        match parse_eprt_arg(typed.unwrap_or_default()) {
             Ok(addr) => Command::Eprt(addr),
             Err(error) => Command::BadAddress {
                 verb: "EPRT",
                 error,
             },
         }
-    } else if is("PASV") && arg.is_none() {
-        Command::Pasv
+    } else if is("PASV") {
+        match typed {
+            None => Command::Pasv,
+            Some(_) => Command::BadArgument { verb: "PASV" },
+        }
     } else if is("EPSV") {
-        match arg.map(<[u8]>::to_ascii_uppercase).as_deref() {
+        match upper().as_deref() {
             None => Command::Epsv(EpsvArg::Any),
             Some(b"1") => Command::Epsv(EpsvArg::V4),
             Some(b"2") => Command::Epsv(EpsvArg::V6),
             Some(b"ALL") => Command::Epsv(EpsvArg::All),
-            Some(_) => Command::Other,
+            Some(_) => Command::BadArgument { verb: "EPSV" },
         }
+    } else if is("LPRT") {
+        Command::Unsupported("LPRT")
+    } else if is("LPSV") {
+        Command::Unsupported("LPSV")
+    } else if is("SPSV") {
+        Command::Unsupported("SPSV")
     } else if is("USER") {
-        Command::User(arg_or_empty)
+        Command::User(arg.unwrap_or_default())
     } else if is("AUTH") {
-        Command::Auth(arg_or_empty)
+        Command::Auth(arg.unwrap_or_default())
     } else if is("QUIT") {
         Command::Quit
     } else if is("ABOR") {
@@ -139,7 +210,7 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
     } else if is("REIN") {
         Command::Rein
     } else if is("ALGS") {
-        Command::Algs(match arg.map(<[u8]>::to_ascii_uppercase).as_deref() {
+        Command::Algs(match upper().as_deref() {
             Some(b"STATUS64") => AlgsArg::Status64,
             Some(b"ENABLE64") => AlgsArg::Enable64,
             Some(b"DISABLE64") => AlgsArg::Disable64,
@@ -261,13 +332,62 @@ mod tests {
         assert_eq!(parse_command(b"EPSV"), Command::Epsv(EpsvArg::Any));
         assert_eq!(parse_command(b"EPSV 2"), Command::Epsv(EpsvArg::V6));
         assert_eq!(parse_command(b"epsv all"), Command::Epsv(EpsvArg::All));
-        assert_eq!(parse_command(b"EPSV 7"), Command::Other);
+        assert_eq!(
+            parse_command(b"EPSV 7"),
+            Command::BadArgument { verb: "EPSV" }
+        );
         assert_eq!(parse_command(b"USER bob"), Command::User(b"bob"));
         assert_eq!(parse_command(b"AUTH TLS"), Command::Auth(b"TLS"));
         assert_eq!(parse_command(b"abor"), Command::Abor);
         assert_eq!(parse_command(b"RETR x"), Command::Other);
-        assert_eq!(parse_command(b"227 (1,2,3,4,5,6)"), Command::Other);
-        assert_eq!(parse_command(b""), Command::Other);
+        assert_eq!(parse_command(b"RETR a\tb  "), Command::Other);
+        assert_eq!(parse_command(b""), Command::Empty);
+    }
+
+    #[test]
+    fn servers_act_on_trailing_spaces_so_typed_verbs_ignore_them() {
+        // vsftpd and pure-ftpd answer `PASV ` and `EPSV 1 ` with 227/229.
+        assert_eq!(parse_command(b"PASV "), Command::Pasv);
+        assert_eq!(parse_command(b"PASV   "), Command::Pasv);
+        assert_eq!(parse_command(b"EPSV 1 "), Command::Epsv(EpsvArg::V4));
+        assert_eq!(
+            parse_command(b"PORT 10,0,0,1,4,0 "),
+            Command::Port("10.0.0.1:1024".parse().unwrap())
+        );
+        // ... and act on `PASV x` as on PASV: ftpgate refuses it instead of guessing.
+        assert_eq!(
+            parse_command(b"PASV x"),
+            Command::BadArgument { verb: "PASV" }
+        );
+    }
+
+    #[test]
+    fn lines_servers_read_differently_are_malformed() {
+        for (line, why) in [
+            (&b" PORT 10,0,0,1,4,0"[..], LineSyntax::NoVerb),
+            (b"\tPASV", LineSyntax::NoVerb),
+            (b" AUTH TLS", LineSyntax::NoVerb),
+            (b"227 (1,2,3,4,5,6)", LineSyntax::NoVerb),
+            (b"PORT\t10,0,0,1,4,0", LineSyntax::Separator),
+            (b"PASV\t", LineSyntax::Separator),
+            (b"NOOP\rPASV", LineSyntax::Separator),
+            (b"N\x01OOP", LineSyntax::Separator),
+            (b"ABCDEFGHIJKLMNOPQ", LineSyntax::Separator),
+            (b"NOOP x\rPORT 1,2,3,4,5,6", LineSyntax::ControlCharacter),
+            (b"RETR a\x1bb", LineSyntax::ControlCharacter),
+        ] {
+            assert_eq!(parse_command(line), Command::Malformed(why), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn long_address_verbs_are_not_implemented() {
+        assert_eq!(
+            parse_command(b"LPRT 4,4,127,0,0,1,2,4,1"),
+            Command::Unsupported("LPRT")
+        );
+        assert_eq!(parse_command(b"lpsv"), Command::Unsupported("LPSV"));
+        assert_eq!(parse_command(b"SPSV"), Command::Unsupported("SPSV"));
     }
 
     #[test]

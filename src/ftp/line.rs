@@ -73,22 +73,23 @@ const DONT: u8 = 254;
 /// Telnet command bytes are 240 (SE) to 255 (IAC).
 const TELNET_COMMANDS: u8 = 240;
 
-/// Removes the line terminator and Telnet command sequences (RFC 854) from a line.
-///
-/// Clients send `IAC IP IAC DM` (Telnet "interrupt process" and "data mark") in front of
-/// `ABOR`; option negotiation (`IAC WILL x` …) is three bytes; `IAC IAC` is a literal 255.
-pub fn clean_line(line: &[u8]) -> Cow<'_, [u8]> {
+/// A line without its terminator (LF, or CR LF).
+fn body(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if !line.contains(&IAC) {
-        return Cow::Borrowed(line);
-    }
-    let mut out = Vec::with_capacity(line.len());
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Copies `line` without Telnet command sequences (RFC 854); `IAC IAC`, a literal 255,
+/// becomes one byte when `unescape`, else stays as sent.
+fn without_telnet(line: &[u8], unescape: bool, out: &mut Vec<u8>) {
     let mut i = 0;
     while i < line.len() {
         match (line[i], line.get(i + 1)) {
             (IAC, Some(&IAC)) => {
                 out.push(IAC);
+                if !unescape {
+                    out.push(IAC);
+                }
                 i += 2;
             }
             (IAC, Some(&cmd)) if (WILL..=DONT).contains(&cmd) => i += 3,
@@ -101,6 +102,36 @@ pub fn clean_line(line: &[u8]) -> Cow<'_, [u8]> {
             }
         }
     }
+}
+
+/// Removes the line terminator and Telnet command sequences (RFC 854) from a line.
+///
+/// Clients send `IAC IP IAC DM` (Telnet "interrupt process" and "data mark") in front of
+/// `ABOR`; option negotiation (`IAC WILL x` …) is three bytes; `IAC IAC` is a literal 255.
+pub fn clean_line(line: &[u8]) -> Cow<'_, [u8]> {
+    let line = body(line);
+    if !line.contains(&IAC) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len());
+    without_telnet(line, true, &mut out);
+    Cow::Owned(out)
+}
+
+/// The bytes to forward for a client line, so that the server reads the command ftpgate
+/// parsed: Telnet command sequences removed (`IAC IAC` kept as sent) and the terminator
+/// CR LF. Servers differ on both (pure-ftpd ignores a line that starts with `IAC NOP`,
+/// pyftpdlib waits for a CR before a LF), and a line the server ignores or joins to the
+/// next one would leave replies matched to the wrong commands. A plain line comes back
+/// unchanged, byte for byte.
+pub fn wire_line(line: &[u8]) -> Cow<'_, [u8]> {
+    let text = body(line);
+    if !text.contains(&IAC) && line.len() == text.len() + 2 {
+        return Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(text.len() + 2);
+    without_telnet(text, false, &mut out);
+    out.extend_from_slice(b"\r\n");
     Cow::Owned(out)
 }
 
@@ -146,7 +177,29 @@ mod tests {
         assert_eq!(&*clean_line(b"NOOP\n"), b"NOOP");
     }
 
+    #[test]
+    fn forwarded_lines_are_what_ftpgate_parsed() {
+        assert!(matches!(
+            wire_line(b"RETR a b\r\n"),
+            Cow::Borrowed(b"RETR a b\r\n")
+        ));
+        assert_eq!(&*wire_line(b"NOOP\n"), b"NOOP\r\n");
+        assert_eq!(&*wire_line(b"\xff\xf1NOOP\r\n"), b"NOOP\r\n");
+        assert_eq!(&*wire_line(b"\xff\xfb\x01NOOP\n"), b"NOOP\r\n");
+        assert_eq!(&*wire_line(b"RETR a\xff\xffb\r\n"), b"RETR a\xff\xffb\r\n");
+    }
+
     proptest! {
+        #[test]
+        fn wire_lines_parse_like_the_line(line in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut line = line;
+            line.retain(|&b| b != b'\n');
+            line.push(b'\n');
+            let wire = wire_line(&line);
+            prop_assert!(wire.ends_with(b"\r\n"));
+            prop_assert_eq!(clean_line(&wire), clean_line(&line));
+        }
+
         #[test]
         fn framing_reassembles_any_split(lines in proptest::collection::vec("[ -~]{0,30}", 0..8), cut in 0usize..300) {
             let stream: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\r\n").into_bytes()).collect();

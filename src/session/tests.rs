@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::rules::Rule;
+use std::time::Duration;
 
 use crate::fuzzing::SERVER;
 
@@ -38,6 +39,8 @@ fn params(upstream: UpstreamKind) -> SessionParams {
 struct Harness {
     s: Session,
     data: MockData,
+    /// The session's clock: moved only by [`Harness::advance`].
+    now: Instant,
     /// Rules that fired, in order (taken out of the returned actions).
     refused: Vec<Rule>,
     /// Rewrites reported, in order (taken out of the returned actions).
@@ -59,9 +62,11 @@ impl Harness {
     }
 
     fn new(p: SessionParams) -> Self {
+        let now = Instant::now();
         Self {
-            s: Session::new(p),
+            s: Session::new(p, now),
             data: MockData::default(),
+            now,
             refused: Vec::new(),
             rewrites: Vec::new(),
             transfers: Vec::new(),
@@ -69,7 +74,7 @@ impl Harness {
     }
 
     fn ev(&mut self, e: Event<'_>) -> Vec<Action> {
-        let mut out = self.s.handle(e, &mut self.data);
+        let mut out = self.s.handle(self.now, e, &mut self.data);
         out.retain(|a| match a {
             Action::Refused(rule) => {
                 self.refused.push(*rule);
@@ -95,6 +100,14 @@ impl Harness {
     }
     fn data_ev(&mut self, id: ChannelId, e: DataEvent) -> Vec<Action> {
         self.ev(Event::Data(id, e))
+    }
+    /// Moves the clock on, and delivers the timeout if one came due.
+    fn advance(&mut self, by: Duration) -> Vec<Action> {
+        self.now += by;
+        match self.s.poll_timeout() {
+            Some(t) if t <= self.now => self.ev(Event::Timeout),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -433,7 +446,10 @@ fn auth_is_refused_or_passed_through() {
 
 #[test]
 fn explicit_login_replays_user() {
-    let mut h = Harness::new(params(UpstreamKind::Explicit));
+    let mut h = Harness::new(SessionParams {
+        allow_server_ports: vec![21, 2121],
+        ..params(UpstreamKind::Explicit)
+    });
     let out = h.s.start();
     assert!(matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"220 ")));
     // Before login ftpgate knows no server features; "log in first" makes clients ask again.
@@ -551,13 +567,18 @@ fn privileged_passive_ports_are_refused_unless_allowed() {
 #[test]
 fn direction_addresses_count_only_from_their_own_side() {
     // Rule 2: a server line shaped like PORT is reply text; a client line shaped like a
-    // 227 is a command for the server to refuse. Neither opens anything.
+    // 227 is no command at all: ftpgate refuses it (rule line_syntax). Neither opens
+    // anything.
     let mut h = Harness::relaying();
     let line = b"PORT 10,0,0,5,4,1\r\n";
     assert_eq!(h.server(line), vec![Action::ToClient(line.to_vec())]);
     let line = b"227 Entering Passive Mode (10,0,0,5,4,1)\r\n";
-    assert_eq!(h.client(line), vec![Action::ToServer(line.to_vec())]);
-    h.server(b"500 Unknown command\r\n");
+    let out = h.client(line);
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"500 ")),
+        "{out:?}"
+    );
+    assert_eq!(h.refused, vec![Rule::LineSyntax]);
     assert!(h.data.opened.is_empty());
 }
 
@@ -975,4 +996,326 @@ fn a_rejected_eprt_that_port_cannot_replace_reaches_the_client() {
         vec![to_client("522 use (1)\r\n")]
     );
     assert_eq!(h.data.cancelled, vec![1]);
+}
+
+// ---- issue 11: bounds, strict parsing, time -------------------------------------------
+
+/// Whether the actions end the session with a `421`.
+fn closes_with_421(out: &[Action]) -> bool {
+    out.last() == Some(&Action::Close)
+        && out
+            .iter()
+            .any(|a| matches!(a, Action::ToClient(b) if b.starts_with(b"421 ")))
+}
+
+#[test]
+fn a_multi_line_reply_that_never_ends_is_cut_off() {
+    // Rule reply_too_long: 1 KiB in the lab limits.
+    let mut h = Harness::relaying();
+    h.client(b"HELP\r\n");
+    assert!(h.server(b"214-Help\r\n").is_empty());
+    let mut out = Vec::new();
+    for _ in 0..200 {
+        out = h.server(&[&b"214-"[..], &[b'x'; 96], b"\r\n"].concat());
+        if !out.is_empty() {
+            break;
+        }
+    }
+    assert!(closes_with_421(&out), "{out:?}");
+    assert_eq!(h.refused, vec![Rule::ReplyTooLong]);
+    assert!(h.server(b"214 end\r\n").is_empty(), "closed for good");
+
+    // Rule reply_too_many_lines: 16 lines in the lab limits, short ones.
+    let mut h = Harness::relaying();
+    h.client(b"HELP\r\n");
+    let out = h.server(&b"214-\r\n".repeat(17));
+    assert!(closes_with_421(&out), "{out:?}");
+    assert_eq!(h.refused, vec![Rule::ReplyTooManyLines]);
+
+    // One line longer than a reply may be.
+    let mut h = Harness::relaying();
+    let out = h.server(&[b'2'; 2000]);
+    assert!(closes_with_421(&out), "{out:?}");
+    assert_eq!(h.refused, vec![Rule::ReplyTooLong]);
+}
+
+#[test]
+fn replies_waiting_behind_a_held_226_are_bounded() {
+    // Rule reply_queue: a server keeps the data connection open (the 226 waits for it)
+    // and talks on.
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"RETR f\r\n");
+    h.data_ev(1, DataEvent::Established);
+    assert_eq!(h.server(b"150 ok\r\n"), vec![to_client("150 ok\r\n")]);
+    assert!(h.server(b"226 done\r\n").is_empty(), "held for the data");
+    let mut out = Vec::new();
+    for i in 0..=MAX_QUEUED_REPLIES {
+        out = h.server(b"200 chatter\r\n");
+        if !out.is_empty() {
+            assert_eq!(i, MAX_QUEUED_REPLIES - 1, "closed at the bound");
+            break;
+        }
+    }
+    assert!(closes_with_421(&out), "{out:?}");
+    assert_eq!(h.refused, vec![Rule::ReplyQueue]);
+}
+
+#[test]
+fn local_replies_behind_an_outstanding_reply_are_bounded() {
+    // Rule local_replies: a RETR is outstanding; the client sends lines ftpgate answers
+    // itself (a bare PORT), whose replies must wait for the server's.
+    let mut h = Harness::relaying();
+    h.client(b"RETR f\r\n");
+    let mut out = Vec::new();
+    for _ in 0..=MAX_LOCAL_REPLIES {
+        out = h.client(b"PORT\r\n");
+        if !out.is_empty() {
+            break;
+        }
+    }
+    assert!(closes_with_421(&out), "{out:?}");
+    // Every PORT was refused (and counted); the one past the bound ended the session.
+    let mut expected = vec![Rule::MalformedAddress; MAX_LOCAL_REPLIES + 1];
+    expected.push(Rule::LocalReplies);
+    assert_eq!(h.refused, expected);
+}
+
+#[test]
+fn commands_pipelined_to_a_silent_server_are_bounded() {
+    // Rule pipelined_commands: the explicit role's server greets and never answers.
+    let mut h = Harness::new(params(UpstreamKind::Explicit));
+    h.s.start();
+    h.client(b"USER a@ftp.example.org\r\n");
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    assert_eq!(h.server(b"220 hi\r\n"), vec![to_server("USER a\r\n")]);
+    // The replayed USER counts: 7 more fit into the lab limit of 8.
+    let out = h.client(&b"NOOP\r\n".repeat(7));
+    assert_eq!(out.len(), 7);
+    let out = h.client(b"NOOP\r\n");
+    assert!(closes_with_421(&out), "{out:?}");
+    assert!(out.iter().all(|a| !matches!(a, Action::ToServer(_))));
+    assert_eq!(h.refused, vec![Rule::PipelinedCommands]);
+}
+
+#[test]
+fn lines_held_while_a_login_connects_are_bounded() {
+    // Rule held_lines.
+    let mut h = Harness::new(params(UpstreamKind::Explicit));
+    h.s.start();
+    h.client(b"USER a@ftp.example.org\r\n");
+    assert!(h.client(&b"NOOP\r\n".repeat(8)).is_empty());
+    let out = h.client(b"NOOP\r\n");
+    assert!(closes_with_421(&out), "{out:?}");
+    assert_eq!(h.refused, vec![Rule::HeldLines]);
+}
+
+#[test]
+fn a_session_holds_a_bounded_number_of_data_channels() {
+    // Rule data_channels: established channels are not replaced by a new PASV.
+    let mut h = Harness::relaying();
+    for i in 0..MAX_DATA_CHANNELS {
+        h.client(b"PASV\r\n");
+        let out = h.server(b"227 =192,0,2,10,19,137\r\n");
+        assert!(matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"227 ")));
+        h.data_ev(i as ChannelId + 1, DataEvent::Established);
+    }
+    h.client(b"PASV\r\n");
+    let out = h.server(b"227 =192,0,2,10,19,137\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"425 ")),
+        "{out:?}"
+    );
+    assert_eq!(h.refused, vec![Rule::DataChannels]);
+    assert_eq!(h.data.opened.len(), MAX_DATA_CHANNELS);
+}
+
+#[test]
+fn lines_the_server_might_read_otherwise_are_answered_here() {
+    // Rule line_syntax: none of these reaches the server, each gets a 500, and the reply
+    // order stays right (pure-ftpd says nothing to such lines, which used to shift every
+    // later reply onto the wrong command).
+    let mut h = Harness::relaying();
+    for line in [
+        &b"\tPASV\r\n"[..],
+        b" PORT 10,0,0,5,4,1\r\n",
+        b"PORT\t10,0,0,5,4,1\r\n",
+        b" AUTH TLS\r\n",
+        b"NOOP\rPASV\r\n",
+        b"RETR a\x1bb\r\n",
+    ] {
+        let out = h.client(line);
+        assert!(
+            matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"500 ")),
+            "{line:?}: {out:?}"
+        );
+    }
+    assert_eq!(h.refused, vec![Rule::LineSyntax; 6]);
+    assert_eq!(h.client(b"PASV\r\n"), vec![to_server("PASV\r\n")]);
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "227 Entering Passive Mode (198,51,100,1,195,80).\r\n"
+        )]
+    );
+    // Empty lines are dropped, as vsftpd and pure-ftpd do, and a PASV with an argument
+    // (which servers take for PASV) is refused rather than forwarded.
+    assert!(h.client(b"\r\n").is_empty());
+    let out = h.client(b"PASV x\r\n");
+    assert!(matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"501 ")));
+}
+
+#[test]
+fn typed_verbs_with_trailing_spaces_are_still_typed() {
+    // vsftpd and pure-ftpd answer `PASV ` and `EPSV 1 `: their replies must be rewritten.
+    let mut h = Harness::relaying();
+    assert_eq!(h.client(b"PASV \r\n"), vec![to_server("PASV\r\n")]);
+    let out = h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"227 Entering Passive Mode (198,51,100,1,"))
+    );
+    assert_eq!(h.client(b"EPSV 1 \r\n"), vec![to_server("EPSV\r\n")]);
+    let out = h.server(b"229 Entering Extended Passive Mode (|||6446|)\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "229 Entering Extended Passive Mode (|||50001|)\r\n"
+        )]
+    );
+}
+
+#[test]
+fn long_address_verbs_are_refused_and_228_opens_nothing() {
+    let mut h = Harness::relaying();
+    for line in [
+        &b"LPRT 4,4,127,0,0,1,2,4,1\r\n"[..],
+        b"LPSV\r\n",
+        b"SPSV\r\n",
+    ] {
+        let out = h.client(line);
+        assert!(
+            matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"502 ")),
+            "{out:?}"
+        );
+    }
+    assert_eq!(h.refused, vec![Rule::UnsupportedDataCommand; 3]);
+    h.client(b"NOOP\r\n");
+    let text = b"228 Entering Long Passive Mode (4,4,10,0,0,5,2,4,1)\r\n";
+    assert_eq!(h.server(text), vec![Action::ToClient(text.to_vec())]);
+    assert!(h.data.opened.is_empty());
+    assert_eq!(h.refused.last(), Some(&Rule::UnsolicitedPassiveReply));
+}
+
+#[test]
+fn forwarded_lines_are_the_ones_ftpgate_parsed() {
+    // Telnet commands go, a bare LF becomes CR LF; a plain line is passed byte for byte.
+    let mut h = Harness::relaying();
+    assert_eq!(h.client(b"\xff\xf1NOOP\r\n"), vec![to_server("NOOP\r\n")]);
+    h.server(b"200 ok\r\n");
+    assert_eq!(h.client(b"SYST\n"), vec![to_server("SYST\r\n")]);
+    h.server(b"215 UNIX\r\n");
+    assert_eq!(
+        h.client(b"RETR My  File \r\n"),
+        vec![to_server("RETR My  File \r\n")]
+    );
+}
+
+#[test]
+fn explicit_logins_name_only_allowed_server_ports() {
+    // Rule server_port: the proxy is not a tunnel to SMTP.
+    let mut h = Harness::new(params(UpstreamKind::Explicit));
+    h.s.start();
+    let out = h.client(b"USER m@mail.example.org:25\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"530 Port 25 is not allowed")),
+        "{out:?}"
+    );
+    assert_eq!(h.refused, vec![Rule::ServerPort]);
+    // The session stays at the login and may name an allowed port.
+    let out = h.client(b"USER m@ftp.example.org\r\n");
+    assert!(matches!(
+        &out[..],
+        [Action::ConnectUpstream { port: 21, .. }]
+    ));
+}
+
+#[test]
+fn the_idle_timeout_counts_complete_commands_not_bytes() {
+    let mut h = Harness::relaying();
+    let idle = crate::fuzzing::LAB_LIMITS.idle_timeout;
+    let line = crate::fuzzing::LAB_LIMITS.line_timeout;
+    h.advance(idle / 2);
+    assert_eq!(h.client(b"NOOP\r\n"), vec![to_server("NOOP\r\n")]);
+    h.server(b"200 ok\r\n");
+    // A byte every few seconds never completes a line: it does not keep the session.
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        h.client(b"N");
+        out = h.advance(Duration::from_secs(3));
+        if !out.is_empty() {
+            break;
+        }
+    }
+    assert!(closes_with_421(&out), "{out:?}");
+    assert_eq!(h.refused, vec![Rule::LineTimeout]);
+    assert!(h.now - h.s.idle_since >= line && h.now - h.s.idle_since < idle);
+
+    // A session with nothing to do ends at its idle timeout, through the reply queue.
+    let mut h = Harness::relaying();
+    assert!(h.advance(idle - Duration::from_secs(1)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(
+        out,
+        vec![
+            to_client("421 Idle timeout; closing control connection.\r\n"),
+            Action::Close
+        ]
+    );
+    assert_eq!(h.refused, vec![Rule::IdleTimeout]);
+    assert_eq!(h.s.poll_timeout(), None);
+}
+
+#[test]
+fn the_idle_timeout_waits_for_transfers() {
+    let mut h = Harness::relaying();
+    let idle = crate::fuzzing::LAB_LIMITS.idle_timeout;
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"RETR f\r\n");
+    h.data_ev(1, DataEvent::Established);
+    assert_eq!(
+        h.s.poll_timeout(),
+        None,
+        "no idle timeout during a transfer"
+    );
+    h.now += idle * 10;
+    h.server(b"150 ok\r\n");
+    h.data_ev(1, DataEvent::ServerToClientDone);
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 1,
+        seconds: 600.0,
+    };
+    h.data_ev(1, DataEvent::Finished(stats));
+    // The idle time counts from the end of the transfer, not from the RETR.
+    assert_eq!(h.s.poll_timeout(), Some(h.now + idle));
+    assert!(h.advance(idle - Duration::from_secs(1)).is_empty());
+}
+
+#[test]
+fn refusal_logs_are_rate_limited_and_counts_stay_exact() {
+    // The log lines themselves are counted end to end in tests/security.rs; here, the
+    // session's own account of them.
+    let mut h = Harness::relaying();
+    for _ in 0..200 {
+        h.client(b"PORT 192,0,2,99,4,1\r\n");
+    }
+    assert_eq!(h.refused, vec![Rule::Bounce; 200], "every refusal counted");
+    assert_eq!(h.s.refusal_log.logged, REFUSAL_LOG_BURST);
+    assert_eq!(
+        h.s.refusal_log.suppressed,
+        200 - u64::from(REFUSAL_LOG_BURST)
+    );
 }

@@ -484,3 +484,68 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A server on 127.0.0.1 that runs `handle` on its first connection, in a thread.
+pub fn serve_once(handle: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((s, _)) = listener.accept() {
+            handle(s);
+        }
+    });
+    addr
+}
+
+/// Writes `unit` again and again, `total` bytes at most; returns how many were written
+/// before the peer closed.
+pub fn flood(mut to: impl Write, unit: &[u8], total: usize) -> usize {
+    let mut sent = 0;
+    let block = unit.repeat((64 * 1024 / unit.len()).max(1));
+    while sent < total {
+        match to.write_all(&block) {
+            Ok(()) => sent += block.len(),
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// The resident set size of a process, in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Writes a configuration into a fresh temporary directory (kept alive by the guard).
+pub fn config_file(name: &str, yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, yaml).unwrap();
+    (dir, file)
+}
+
+impl Running {
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The control address the log says gateway `name` listens on.
+    pub fn listening(&self, name: &str) -> SocketAddr {
+        self.wait_for("gateway listening");
+        self.log()
+            .iter()
+            .filter(|l| l.contains("gateway listening") && l.contains(&format!("gateway={name}")))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                    .and_then(|a| a.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no listen address for {name}"))
+    }
+}

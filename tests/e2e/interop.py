@@ -85,6 +85,7 @@ gateways:
     server_side: { address: 203.0.113.1 }
     data_ports: "41000-41999"
     allow_clients: ["10.0.0.0/24"]
+    allow_server_ports: [2100, 2200]
 limits:
   data_accept_timeout: 5s
 metrics:
@@ -124,12 +125,14 @@ gateways:
     client_side: { address: "2001:db8:6::1" }
     server_side: { address: "2001:db8:b::1" }
     data_ports: "42400-42599"
+    allow_server_ports: [21, 2200]
   - name: exp64
     listen: "[2001:db8:6::1]:2164"
     upstream: "user@host"
     client_side: { address: "2001:db8:6::1" }
     server_side: { address: 203.0.113.1 }
     data_ports: "42600-42699"
+    allow_server_ports: [21, 2100]
   - name: out64
     listen: "[2001:db8:6::1]:2196"
     upstream: transparent
