@@ -409,6 +409,9 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("netns_bench.py needs root")
+    missing = lab.missing_tools()
+    if missing:
+        sys.exit("%s needs: " % os.path.basename(__file__) + ", ".join(missing) + " (run tests/run)")
     # Transfers live in RAM: the disk is not what is measured.
     work = tempfile.mkdtemp(prefix="ftpgate-bench-", dir="/dev/shm")
     topo = lab.Topology(work)

@@ -121,8 +121,8 @@ impl DataChannels for Data {
 /// Input: a flags byte, then records `[kind, len, bytes...]`; one kind of record moves the
 /// clock forward and delivers [`Event::Timeout`] when it is due. Invariants: no panic;
 /// every `PORT`/`EPRT` sent to the server names ftpgate's server-side address; every data
-/// channel dials only the client's or the server's control address; after a timeout the
-/// next deadline lies in the future.
+/// channel dials only the client's or the server's control address; no channel is
+/// reported ended twice; after a timeout the next deadline lies in the future.
 pub fn session(input: &[u8]) {
     let Some((&flags, mut rest)) = input.split_first() else {
         return;
@@ -211,6 +211,17 @@ pub fn session(input: &[u8]) {
             }
         }
     }
+    let mut ended: Vec<ChannelId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ChannelEnded(end) => Some(end.id),
+            _ => None,
+        })
+        .collect();
+    let reports = ended.len();
+    ended.sort_unstable();
+    ended.dedup();
+    assert_eq!(ended.len(), reports, "a data channel reported twice");
     let allowed: [IpAddr; 2] = ["10.0.0.5".parse().unwrap(), "192.0.2.10".parse().unwrap()];
     for plan in &data.plans {
         for end in [&plan.client, &plan.server] {

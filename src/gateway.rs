@@ -26,17 +26,15 @@ use crate::data::channel::{self, ChannelContext, Listeners, Listening};
 use crate::data::ports::PortPool;
 use crate::rules::Rule;
 use crate::session::{
-    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource, Endpoint,
-    Event, Ports, Session, SessionLimits, SessionParams, SideAddrs, TransferRecord, UpstreamKind,
+    Action, ChannelEnd, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DialSource,
+    Endpoint, Event, Ports, Session, SessionLimits, SessionParams, SideAddrs, TransferRecord,
+    UpstreamKind,
 };
 use crate::telemetry::{self, LogLimiter};
 
 /// Refused connections are logged at most this often (rule logs are rate-limited,
 /// DESIGN.md §6.15); `ftpgate_refusals_total` counts every one.
 static ADMISSION_LOG: LogLimiter = LogLimiter::new(10, Duration::from_secs(10));
-
-/// How long a closing session waits for data channels that are only closing their sockets.
-const FINISHING_GRACE: Duration = Duration::from_secs(2);
 
 /// How long connecting to an upstream control port may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -157,6 +155,7 @@ impl Gateways {
     /// Binds every gateway's listening socket and starts accepting.
     pub async fn start(config: &Config) -> Result<Self, GatewayError> {
         telemetry::build_info();
+        fill_reserve();
         let mut gateways = Self {
             serving: Vec::new(),
             admission: Arc::new(Admission::default()),
@@ -326,17 +325,81 @@ fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Accept failures are logged at most this often, with the number held back.
+static ACCEPT_LOG: LogLimiter = LogLimiter::new(1, Duration::from_secs(10));
+
+/// One descriptor held in reserve: when the process runs out, it is given up for a moment
+/// to accept a waiting connection and answer it `421` instead of leaving it unanswered.
+static RESERVE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+fn reserve() -> std::sync::MutexGuard<'static, Option<std::fs::File>> {
+    RESERVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the reserve descriptor (once per process) if it is not held yet.
+fn fill_reserve() {
+    let mut reserve = reserve();
+    if reserve.is_none() {
+        *reserve = std::fs::File::open("/dev/null").ok();
+    }
+}
+
+/// Accepts one waiting connection with the reserve descriptor and answers it `421`;
+/// returns whether there was one to answer.
+fn shed_with_reserve(listener: &TcpListener, gateway: &str) -> bool {
+    let mut reserve = reserve();
+    if reserve.take().is_none() {
+        return false;
+    }
+    let shed = match socket2::SockRef::from(listener).accept() {
+        Ok((conn, _)) => {
+            let _ = conn.send(b"421 The gateway is out of file descriptors; try again later.\r\n");
+            telemetry::refused(gateway, Rule::FdExhausted);
+            telemetry::session_closed(gateway, "refused");
+            true
+        }
+        Err(_) => false,
+    };
+    *reserve = std::fs::File::open("/dev/null").ok();
+    shed
+}
+
+/// Whether an accept failed for want of file descriptors (per process or system-wide).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
+}
+
 async fn accept_loop(listener: TcpListener, ctx: Arc<ArcSwap<GatewayContext>>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(10);
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = 0u64;
     loop {
-        match listener.accept().await {
+        let error = match listener.accept().await {
             Ok((stream, peer)) => {
+                backoff = MIN_BACKOFF;
                 tokio::spawn(admit(ctx.load_full(), stream, peer));
+                continue;
             }
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                tracing::error!(gateway = %ctx.load().name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(e) => e,
+        };
+        failures += 1;
+        let name = Arc::clone(&ctx.load().name);
+        let exhausted = out_of_descriptors(&error);
+        let shed = exhausted && shed_with_reserve(&listener, &name);
+        if ACCEPT_LOG.admit().is_some() {
+            if exhausted {
+                tracing::error!(gateway = %name, %error, failures, rule = %Rule::FdExhausted,
+                    "out of file descriptors: new connections are answered 421 until sessions end");
+            } else {
+                tracing::error!(gateway = %name, %error, failures, "accept failed");
             }
+            failures = 0;
+        }
+        if !shed {
+            // Nothing could be answered: wait for sessions to end instead of spinning.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 }
@@ -382,12 +445,12 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
     let outcome = async {
         tracing::info!("session opened");
         match serve(Arc::clone(&ctx), stream, peer, target, entry).await {
-            Ok(()) => {
+            None => {
                 tracing::info!("session closed");
                 "ok"
             }
-            Err(e) => {
-                tracing::info!(error = %e, "session ended");
+            Some(why) => {
+                tracing::info!(error = %why, "session ended");
                 "error"
             }
         }
@@ -561,6 +624,20 @@ impl DataChannels for SessionData {
     }
 }
 
+impl SessionData {
+    /// A channel is over: stop what is left of it, count it, log its transfer.
+    fn ended(&mut self, end: &ChannelEnd) {
+        if let Some(task) = self.tasks.remove(&end.id) {
+            task.abort();
+        }
+        self.entry.channel_closed(end.id);
+        telemetry::data_channel_done(&self.ctx.name, end.mode, end.ok);
+        if let Some(record) = &end.transfer {
+            log_transfer(record);
+        }
+    }
+}
+
 impl Drop for SessionData {
     fn drop(&mut self) {
         for task in self.tasks.values() {
@@ -571,14 +648,14 @@ impl Drop for SessionData {
 
 type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
 
-/// Runs one control session to its end.
+/// Runs one control session to its end; returns why it ended abnormally, if it did.
 async fn serve(
     ctx: Arc<GatewayContext>,
     client: TcpStream,
     peer: SocketAddr,
     target: Option<Target>,
     entry: Entry,
-) -> io::Result<()> {
+) -> Option<String> {
     let cfg = &ctx.cfg;
     let _ = client.set_nodelay(true);
     let mut session = Session::new(
@@ -622,19 +699,33 @@ async fn serve(
     let mut connecting: Option<Connecting> =
         target.map(|t| Box::pin(connect_upstream(t, from, None)) as Connecting);
     let (client_rd, mut client_wr) = client.into_split();
+    let mut client_open = true;
     let mut server: Option<(OwnedReadHalf, OwnedWriteHalf)> = None;
     // One read buffer for both directions: the loop waits for readiness, then reads.
     let mut buf = [0u8; CONTROL_BUFFER];
 
     let mut actions = session.start();
     loop {
-        let mut finished = false;
+        // A peer that cannot be written to is gone: the session hears it as a close, so
+        // that it can answer the other side and report every channel.
+        let mut lost = None;
         for action in actions.drain(..) {
             match action {
-                Action::ToClient(bytes) => client_wr.write_all(&bytes).await?,
+                Action::ToClient(bytes) if client_open => {
+                    if client_wr.write_all(&bytes).await.is_err() {
+                        client_open = false;
+                        lost = Some(Event::ClientClosed);
+                    }
+                }
+                Action::ToClient(_) => {}
                 Action::ToServer(bytes) => match &mut server {
-                    Some((_, wr)) => wr.write_all(&bytes).await?,
-                    None => tracing::debug!("dropped server-bound bytes before connect"),
+                    Some((_, wr)) => {
+                        if wr.write_all(&bytes).await.is_err() {
+                            server = None;
+                            lost = lost.or(Some(Event::ServerClosed));
+                        }
+                    }
+                    None => tracing::debug!("dropped server-bound bytes: no server connection"),
                 },
                 Action::ConnectUpstream { host, port } => {
                     connecting = Some(Box::pin(connect_upstream(
@@ -643,60 +734,48 @@ async fn serve(
                         Some(Arc::clone(&ctx)),
                     )));
                 }
-                Action::Close => finished = true,
+                Action::Close => {
+                    // The control connections end now; data channels still finishing get
+                    // their grace from the session.
+                    if client_open {
+                        let _ = client_wr.shutdown().await;
+                        client_open = false;
+                    }
+                    if let Some((_, mut wr)) = server.take() {
+                        let _ = wr.shutdown().await;
+                    }
+                    connecting = None;
+                }
                 Action::Refused(rule) => telemetry::refused(&ctx.name, rule),
                 Action::Rewrote(kind) => telemetry::rewrote(&ctx.name, kind.name()),
-                Action::Transfer(record) => log_transfer(&record),
+                Action::ChannelEnded(end) => data.ended(&end),
             }
         }
-        if finished {
-            let _ = client_wr.shutdown().await;
-            if let Some((_, wr)) = &mut server {
-                let _ = wr.shutdown().await;
-            }
-            // A transfer whose bytes are all delivered is only closing its sockets (the
-            // client may QUIT right after the 226): let it report, for the transfer log.
-            let deadline = tokio::time::Instant::now() + FINISHING_GRACE;
-            while session.has_finishing_channels() {
-                match tokio::time::timeout_at(deadline, events_rx.recv()).await {
-                    Ok(Some((id, ev))) => {
-                        for action in session.handle(Instant::now(), Event::Data(id, ev), &mut data)
-                        {
-                            if let Action::Transfer(record) = action {
-                                log_transfer(&record);
-                            }
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            return Ok(());
+        if let Some(event) = lost {
+            actions = session.handle(Instant::now(), event, &mut data);
+            continue;
+        }
+        if session.is_finished() {
+            return session.failure().map(str::to_owned);
         }
         let deadline = session.poll_timeout();
         let event_owned: OwnedEvent = tokio::select! {
-            r = client_rd.readable() => {
-                r?;
-                match client_rd.try_read(&mut buf) {
-                    Ok(0) => OwnedEvent::ClientClosed,
-                    Ok(n) => OwnedEvent::Client(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
+            r = client_rd.readable(), if client_open => match r.and_then(|()| client_rd.try_read(&mut buf)) {
+                Ok(0) => OwnedEvent::ClientClosed,
+                Ok(n) => OwnedEvent::Client(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => OwnedEvent::ClientClosed,
             },
-            r = server_readable(&server), if server.is_some() => match r {
-                Ok(rd) => match rd.try_read(&mut buf) {
-                    Ok(0) => OwnedEvent::ServerClosed,
-                    Ok(n) => OwnedEvent::Server(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => OwnedEvent::ServerClosed,
-                },
+            r = server_readable(&server), if server.is_some() => match r.and_then(|rd| rd.try_read(&mut buf)) {
+                Ok(0) => OwnedEvent::ServerClosed,
+                Ok(n) => OwnedEvent::Server(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => OwnedEvent::ServerClosed,
             },
             r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
-                match r {
-                    Ok(stream) => {
-                        let addr = stream.peer_addr()?;
+                match r.and_then(|stream| stream.peer_addr().map(|a| (stream, a)).map_err(|e| e.to_string())) {
+                    Ok((stream, addr)) => {
                         let _ = stream.set_nodelay(true);
                         tracing::Span::current().record("server", tracing::field::display(addr));
                         data.entry.server(addr);
@@ -716,13 +795,18 @@ async fn serve(
                     DataEvent::ServerToClientDone => data.entry.channel_state(id, "server-done"),
                     DataEvent::Finished(_) | DataEvent::Failed(_) => {
                         data.tasks.remove(&id);
-                        data.entry.channel_closed(id);
                     }
                 }
                 OwnedEvent::Data(id, ev)
             },
             () = sleep_until(deadline) => OwnedEvent::Timeout,
         };
+        match event_owned {
+            OwnedEvent::ClientClosed => client_open = false,
+            // Stop reading a closed connection; the session still answers the client.
+            OwnedEvent::ServerClosed => server = None,
+            _ => {}
+        }
         let event = match &event_owned {
             OwnedEvent::Client(n) => Event::ClientData(&buf[..*n]),
             OwnedEvent::Server(n) => Event::ServerData(&buf[..*n]),

@@ -76,6 +76,7 @@ fn check(path: &PathBuf) -> anyhow::Result<()> {
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path.as_ref())?;
     ftpgate::telemetry::init_logging(&config.log);
+    open_files_limit(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,6 +140,32 @@ async fn serve(mut config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     );
     gateways.shutdown(grace).await;
     Ok(())
+}
+
+/// Raises the soft limit on open files and says what it allows.
+fn open_files_limit(config: &Config) {
+    // Two sockets per session; a transfer adds a listener, two sockets and two pipes.
+    const PER_TRANSFER: u64 = 8;
+    match ftpgate::sys::raise_open_files_limit() {
+        Ok(limit) => {
+            let sessions = limit.now / PER_TRANSFER;
+            tracing::info!(
+                open_files = limit.now,
+                raised_from = limit.was,
+                sessions_with_a_transfer = sessions,
+                "open files limit"
+            );
+            if sessions < config.limits.max_sessions as u64 {
+                tracing::warn!(
+                    max_sessions = config.limits.max_sessions,
+                    sessions_with_a_transfer = sessions,
+                    "the open files limit allows fewer busy sessions than limits.max_sessions; \
+                     beyond it new connections get 421 (raise LimitNOFILE)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 /// Tells systemd (Type=notify) what is happening; nothing when not run by systemd.

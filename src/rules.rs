@@ -48,6 +48,8 @@ pub enum Rule {
     LineTimeout,
     /// §6.8: a session asked for more data channels at once than it may hold.
     DataChannels,
+    /// §6.8, §6.11: the process ran out of file descriptors; new connections get `421`.
+    FdExhausted,
     /// §6.9: the client is not in `allow_clients`.
     AllowClients,
     /// §6.9: the upstream is in `deny_servers`.
@@ -77,7 +79,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in DESIGN.md order.
-    pub const ALL: [Rule; 31] = [
+    pub const ALL: [Rule; 32] = [
         Rule::LineTooLong,
         Rule::NulInLine,
         Rule::LineSyntax,
@@ -97,6 +99,7 @@ impl Rule {
         Rule::IdleTimeout,
         Rule::LineTimeout,
         Rule::DataChannels,
+        Rule::FdExhausted,
         Rule::AllowClients,
         Rule::DenyServers,
         Rule::NotRedirected,
@@ -133,6 +136,7 @@ impl Rule {
             Rule::IdleTimeout => "idle_timeout",
             Rule::LineTimeout => "line_timeout",
             Rule::DataChannels => "data_channels",
+            Rule::FdExhausted => "fd_exhausted",
             Rule::AllowClients => "allow_clients",
             Rule::DenyServers => "deny_servers",
             Rule::NotRedirected => "not_redirected",
@@ -165,7 +169,8 @@ impl Rule {
             | Rule::DataPortsExhausted
             | Rule::IdleTimeout
             | Rule::LineTimeout
-            | Rule::DataChannels => 8,
+            | Rule::DataChannels
+            | Rule::FdExhausted => 8,
             Rule::AllowClients | Rule::DenyServers | Rule::NotRedirected => 9,
             Rule::TlsRefused => 10,
             Rule::ReplyTooLong

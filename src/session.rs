@@ -38,6 +38,7 @@ macro_rules! refusal {
         let rule: Rule = $rule;
         tracing::$level!(rule = %rule, $($log)+);
         $s.refuse(rule);
+        $s.ended_by(rule);
     }};
     ($s:expr, $level:ident, $rule:expr, $($log:tt)+) => {{
         let rule: Rule = $rule;
@@ -74,6 +75,11 @@ pub const MAX_DATA_CHANNELS: usize = 8;
 /// Refusals of one session logged before the rest are only counted (rule logs are
 /// rate-limited, DESIGN.md §6.15).
 pub const REFUSAL_LOG_BURST: u32 = 10;
+
+/// After the session closed, how long a data channel that handed everything the server
+/// sent to the client's socket may take to finish: the client may still be reading what
+/// its socket buffers hold after `226` and `QUIT`.
+pub const CLOSING_GRACE: Duration = Duration::from_secs(30);
 
 /// The bounds of one session: every buffer and queue a peer can grow (DESIGN.md §6.12),
 /// and the timeouts that end a session nobody uses.
@@ -287,9 +293,10 @@ pub struct TransferRecord {
     pub upload: bool,
     /// `true` for active mode (PORT/EPRT), `false` for passive.
     pub active: bool,
-    /// Bytes and time, when the channel finished; `None` when it failed.
+    /// Bytes and time, when the transfer completed; `None` when it failed.
     pub stats: Option<DataStats>,
-    /// Why it failed, if it did.
+    /// Why it failed, if it did: its data connection broke, or the server refused it,
+    /// or the session ended before the server's reply.
     pub failure: Option<String>,
 }
 
@@ -336,8 +343,24 @@ pub enum Action {
     Refused(Rule),
     /// An address-carrying line was rewritten (for the rewrite counter).
     Rewrote(Rewrite),
-    /// A transfer ended (for the transfer log).
-    Transfer(TransferRecord),
+    /// A data channel is over (for the channel counter and the transfer log); if its
+    /// connections are still open, the shell stops them.
+    ChannelEnded(ChannelEnd),
+}
+
+/// How a data channel ended: once for every channel that connected, timed out or served
+/// a transfer (a listener released unused, for a newer `PASV`, is not counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelEnd {
+    /// The channel.
+    pub id: ChannelId,
+    /// The client's mode: `active` or `passive`.
+    pub mode: &'static str,
+    /// Whether the channel did its work: its connections ended cleanly and the server
+    /// answered its transfer command with success.
+    pub ok: bool,
+    /// The transfer it served, if it served one.
+    pub transfer: Option<TransferRecord>,
 }
 
 /// The two addresses of one side of the gateway.
@@ -429,6 +452,8 @@ enum Awaiting {
     Transfer(Option<ChannelId>),
     /// `AUTH` forwarded under `tls: passthrough`.
     Auth,
+    /// `QUIT`: the server may close instead of answering.
+    Quit,
     /// Anything else.
     Other,
 }
@@ -470,6 +495,38 @@ struct Channel {
     /// A channel for a client in passive mode converted to active toward the server: the
     /// server-side listener's port, announced with `PORT`/`EPRT` when the transfer starts.
     server_port: Option<u16>,
+    /// How its connections ended, once they have: what they moved, or why they broke.
+    data: Option<Result<DataStats, String>>,
+    /// The server's final reply to the transfer command once it came, or why none will.
+    reply: Option<Result<u16, String>>,
+}
+
+impl Channel {
+    /// Whether its connections are still open.
+    fn live(&self) -> bool {
+        self.data.is_none()
+    }
+
+    /// Whether nothing more can happen to it: its connections ended and, if it serves a
+    /// transfer, the server answered it.
+    fn settled(&self) -> bool {
+        self.data.is_some() && (self.transfer.is_none() || self.reply.is_some())
+    }
+
+    /// Why it failed, if it did.
+    fn failure(&self) -> Option<String> {
+        match (&self.data, &self.reply) {
+            (Some(Err(why)), _) | (_, Some(Err(why))) => Some(why.clone()),
+            (_, Some(Ok(code))) if !(200..300).contains(code) => {
+                Some(format!("server replied {code}"))
+            }
+            (None, _) => Some("the session ended during the transfer".to_owned()),
+            (Some(Ok(_)), None) if self.transfer.is_some() => {
+                Some("the session ended before the server's reply".to_owned())
+            }
+            (Some(Ok(_)), _) => None,
+        }
+    }
 }
 
 /// Commands that move data over a data connection; `true` for uploads.
@@ -554,6 +611,15 @@ pub struct Session {
     idle_since: Instant,
     /// Since when an unfinished client line has been waiting for its end.
     partial_since: Option<Instant>,
+    /// The server closed its control connection; the session closes once the replies
+    /// still waiting for their data are out.
+    server_gone: bool,
+    /// Why the session ended abnormally, if it did.
+    failure: Option<String>,
+    /// When the session closed (channels still finishing get [`CLOSING_GRACE`]).
+    closed_at: Option<Instant>,
+    /// The time of the event being handled.
+    now: Instant,
     actions: Vec<Action>,
 }
 
@@ -588,6 +654,10 @@ impl Session {
             refusal_log: RefusalLog::default(),
             idle_since: now,
             partial_since: None,
+            server_gone: false,
+            failure: None,
+            closed_at: None,
+            now,
             actions: Vec::new(),
         }
     }
@@ -595,18 +665,24 @@ impl Session {
     /// When the session wants [`Event::Timeout`]: the idle timeout (while no data channel
     /// is open) or the end of an unfinished client line, whichever comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.is_closed() {
-            return None;
+        if let Some(closed) = self.closed_at {
+            return (!self.channels.is_empty()).then_some(closed + CLOSING_GRACE);
         }
-        let idle = self
-            .channels
-            .is_empty()
+        let idle = (!self.channels.iter().any(Channel::live))
             .then(|| self.idle_since + self.p.limits.idle_timeout);
         let line = self.partial_since.map(|t| t + self.p.limits.line_timeout);
         idle.into_iter().chain(line).min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        if self.closed_at.is_some_and(|t| now >= t + CLOSING_GRACE) {
+            // The grace is over: what has not reported now never will.
+            self.end_channels(|_| true);
+            return;
+        }
+        if self.is_closed() {
+            return;
+        }
         if self
             .partial_since
             .is_some_and(|t| now >= t + self.p.limits.line_timeout)
@@ -617,7 +693,9 @@ impl Session {
                 "unfinished command line timed out; closing"
             );
             self.close_with(b"421 Timeout waiting for the end of a command line.\r\n".to_vec());
-        } else if self.channels.is_empty() && now >= self.idle_since + self.p.limits.idle_timeout {
+        } else if !self.channels.iter().any(Channel::live)
+            && now >= self.idle_since + self.p.limits.idle_timeout
+        {
             refusal!(final self, info, Rule::IdleTimeout, "closing idle session");
             self.close_with(b"421 Idle timeout; closing control connection.\r\n".to_vec());
         }
@@ -643,13 +721,15 @@ impl Session {
         matches!(self.phase, Phase::Closed)
     }
 
-    /// Whether a data channel has delivered everything the server sent and is only
-    /// closing: after [`Action::Close`] the shell lets these report their end (for the
-    /// transfer log) before it stops them.
-    pub fn has_finishing_channels(&self) -> bool {
-        self.channels
-            .iter()
-            .any(|c| c.state == ChannelState::ServerDone)
+    /// Whether the session is over: closed, and every data channel reported.
+    pub fn is_finished(&self) -> bool {
+        self.is_closed() && self.channels.is_empty()
+    }
+
+    /// Why the session ended abnormally (a peer vanished mid-command, a limit or a rule
+    /// ended it), or `None` for a normal end.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     /// Feeds one event that happened at `now`; returns the actions to perform, in order.
@@ -659,13 +739,13 @@ impl Session {
         event: Event<'_>,
         data: &mut dyn DataChannels,
     ) -> Vec<Action> {
+        self.now = now;
         if self.is_closed() {
-            // Only the end of a data channel still matters: its transfer record.
-            if let Event::Data(id, DataEvent::Finished(stats)) = event {
-                if let Some(pos) = self.channels.iter().position(|c| c.id == id) {
-                    let ch = self.channels.remove(pos);
-                    self.record_transfer(ch, Some(stats), None);
-                }
+            // Only the ends of data channels still matter: their transfer records.
+            match event {
+                Event::Data(id, ev) => self.on_data_event(now, id, ev),
+                Event::Timeout => self.on_timeout(now),
+                _ => {}
             }
             return std::mem::take(&mut self.actions);
         }
@@ -674,13 +754,16 @@ impl Session {
             Event::ServerData(bytes) => self.on_server_data(bytes, data),
             Event::ClientClosed => {
                 tracing::debug!("client closed the control connection");
+                if self
+                    .channels
+                    .iter()
+                    .any(|c| c.transfer.is_some() && c.reply.is_none())
+                {
+                    self.failure = Some("the client left during a transfer".into());
+                }
                 self.close();
             }
-            Event::ServerClosed => {
-                tracing::debug!("server closed the control connection");
-                self.flush_all();
-                self.close();
-            }
+            Event::ServerClosed => self.on_server_closed(),
             Event::UpstreamConnected(addr) => self.on_upstream_connected(addr),
             Event::UpstreamFailed(reason) => {
                 let target = match &self.phase {
@@ -688,9 +771,10 @@ impl Session {
                     _ => "the server".to_owned(),
                 };
                 tracing::warn!(%target, %reason, "upstream connection failed");
+                self.failure = Some(format!("cannot connect to {target}: {reason}"));
                 self.close_with(format!("421 Cannot connect to {target}: {reason}.\r\n"));
             }
-            Event::Data(id, ev) => self.on_data_event(now, id, ev, data),
+            Event::Data(id, ev) => self.on_data_event(now, id, ev),
             Event::Timeout => self.on_timeout(now),
         }
         std::mem::take(&mut self.actions)
@@ -847,6 +931,10 @@ impl Session {
     }
 
     fn on_command_line(&mut self, line: Vec<u8>, data: &mut dyn DataChannels) {
+        if self.server_gone {
+            // Nobody to send it to; the session closes once its last replies are out.
+            return;
+        }
         if self.holding {
             if self.held.len() >= MAX_HELD_LINES {
                 self.too_many(
@@ -960,7 +1048,8 @@ impl Session {
                     split_command(&clean).is_ok_and(|c| c.verb.eq_ignore_ascii_case(b"REST"));
                 self.on_other(wire, transfer, rest);
             }
-            Command::User(_) | Command::Quit => self.forward(wire, Awaiting::Other),
+            Command::User(_) => self.forward(wire, Awaiting::Other),
+            Command::Quit => self.forward(wire, Awaiting::Quit),
         }
     }
 
@@ -1340,6 +1429,8 @@ impl Session {
             state: ChannelState::Waiting,
             transfer: None,
             server_port: None,
+            data: None,
+            reply: None,
         });
         self.prepared = Some(id);
         Ok((id, ports))
@@ -1351,7 +1442,7 @@ impl Session {
             if let Some(pos) = self
                 .channels
                 .iter()
-                .position(|c| c.id == id && c.state == ChannelState::Waiting)
+                .position(|c| c.id == id && c.state == ChannelState::Waiting && c.live())
             {
                 self.channels.remove(pos);
                 data.cancel(id);
@@ -1552,21 +1643,17 @@ impl Session {
                 }
             }
             Awaiting::Transfer(id) => {
-                if let Some(id) = id.filter(|_| code.is_some_and(|c| c >= 400)) {
-                    // The transfer failed: its channel will carry nothing more, and must not
-                    // hold later replies.
-                    if let Some(ch) = self.drop_channel(id, data) {
-                        let why = format!("server replied {}", code.unwrap_or_default());
-                        self.record_transfer(ch, None, Some(why));
-                    }
-                }
-                self.enqueue(code, reply.raw, id);
+                let (code, raw) = match id {
+                    Some(id) => self.transfer_reply(id, code, reply.raw, data),
+                    None => (code, reply.raw),
+                };
+                self.enqueue(code, raw, id);
             }
             Awaiting::Auth => {
                 passthrough = code == Some(234);
                 self.enqueue(code, reply.raw, None);
             }
-            Awaiting::Other => self.enqueue(code, reply.raw, None),
+            Awaiting::Other | Awaiting::Quit => self.enqueue(code, reply.raw, None),
         }
         while let Some(Pending::Local(_)) = self.pending.front() {
             if let Some(Pending::Local(bytes)) = self.pending.pop_front() {
@@ -1747,64 +1834,123 @@ impl Session {
 
     // ---- data channels and the reply gate ----------------------------------------------
 
-    fn on_data_event(
-        &mut self,
-        now: Instant,
-        id: ChannelId,
-        ev: DataEvent,
-        data: &mut dyn DataChannels,
-    ) {
-        let Some(pos) = self.channels.iter().position(|c| c.id == id) else {
+    fn on_data_event(&mut self, now: Instant, id: ChannelId, ev: DataEvent) {
+        let Some(ch) = self.channels.iter_mut().find(|c| c.id == id && c.live()) else {
             return;
         };
-        // Data moving is the session in use: the idle time counts from its last event.
-        self.idle_since = now;
         match ev {
-            DataEvent::Established => {
-                self.channels[pos].state = ChannelState::Established;
-                if self.prepared == Some(id) {
-                    self.prepared = None;
-                }
-            }
-            DataEvent::ServerToClientDone => self.channels[pos].state = ChannelState::ServerDone,
-            DataEvent::Finished(stats) => {
-                let ch = self.channels.remove(pos);
-                self.record_transfer(ch, Some(stats), None);
-            }
+            DataEvent::Established => ch.state = ChannelState::Established,
+            DataEvent::ServerToClientDone => ch.state = ChannelState::ServerDone,
+            DataEvent::Finished(stats) => ch.data = Some(Ok(stats)),
             DataEvent::Failed(reason) => {
                 tracing::info!(channel = id, %reason, "data channel failed");
-                if let Some(ch) = self.drop_channel(id, data) {
-                    self.record_transfer(ch, None, Some(reason));
-                }
+                ch.data = Some(Err(reason));
             }
         }
+        // A connected (or ended) channel is no longer one a new PASV/PORT may replace.
+        if self.prepared == Some(id) && (ch.state != ChannelState::Waiting || !ch.live()) {
+            self.prepared = None;
+        }
+        // Data moving is the session in use: the idle time counts from its last event.
+        self.idle_since = now;
+        // Replies waiting for this channel go first: they are rewritten if it broke.
+        self.flush();
+        self.settle(id);
+        // A session whose server left may be waiting for this channel to end.
         self.flush();
     }
 
-    fn record_transfer(&mut self, ch: Channel, stats: Option<DataStats>, failure: Option<String>) {
-        if let Some((command, argument)) = ch.transfer {
-            let upload = TRANSFER_COMMANDS
-                .iter()
-                .any(|(verb, up)| *up && *verb == command);
-            self.actions.push(Action::Transfer(TransferRecord {
-                command,
-                argument,
-                upload,
-                active: ch.client_active,
-                stats,
-                failure,
-            }));
+    /// The server's final reply to a transfer command served by channel `id`: recorded
+    /// for the channel, and what the client gets for it. A refusal stops the channel; a
+    /// success whose data connection broke becomes `426`, never the server's `2xx`.
+    fn transfer_reply(
+        &mut self,
+        id: ChannelId,
+        code: Option<u16>,
+        raw: Vec<u8>,
+        data: &mut dyn DataChannels,
+    ) -> (Option<u16>, Vec<u8>) {
+        let Some(ch) = self.channels.iter_mut().find(|c| c.id == id) else {
+            return (code, raw);
+        };
+        let code_or_zero = code.unwrap_or_default();
+        ch.reply = Some(Ok(code_or_zero));
+        if code_or_zero >= 400 && ch.live() {
+            // The transfer failed: its channel will carry nothing more, and must not hold
+            // later replies.
+            data.cancel(id);
+            ch.data = Some(Err(format!("server replied {code_or_zero}")));
+        }
+        let reply = match broken_transfer(ch, code) {
+            Some(text) => (Some(426), text),
+            None => (code, raw),
+        };
+        self.settle(id);
+        reply
+    }
+
+    /// Reports channel `id` once nothing more can happen to it.
+    fn settle(&mut self, id: ChannelId) {
+        if let Some(pos) = self.channels.iter().position(|c| c.id == id && c.settled()) {
+            let ch = self.channels.remove(pos);
+            self.report(ch);
         }
     }
 
-    /// Forgets a channel and stops it; returns it if it was known.
-    fn drop_channel(&mut self, id: ChannelId, data: &mut dyn DataChannels) -> Option<Channel> {
+    /// Ends every channel `which` selects (a live one is stopped by the shell when it
+    /// sees the report), as failed unless it already settled well.
+    fn end_channels(&mut self, which: impl Fn(&Channel) -> bool) {
+        let (ended, kept): (Vec<Channel>, Vec<Channel>) = std::mem::take(&mut self.channels)
+            .into_iter()
+            .partition(which);
+        self.channels = kept;
+        for ch in ended {
+            self.report(ch);
+        }
+    }
+
+    /// The report of a channel that is over: the channel counter and the transfer log.
+    fn report(&mut self, ch: Channel) {
+        if self.prepared == Some(ch.id) {
+            self.prepared = None;
+        }
+        let failure = ch.failure();
+        let ok = failure.is_none();
+        let stats = match &ch.data {
+            Some(Ok(stats)) if ok => Some(*stats),
+            _ => None,
+        };
+        let transfer = ch.transfer.map(|(command, argument)| TransferRecord {
+            upload: TRANSFER_COMMANDS
+                .iter()
+                .any(|(verb, up)| *up && *verb == command),
+            command,
+            argument,
+            active: ch.client_active,
+            stats,
+            failure,
+        });
+        self.actions.push(Action::ChannelEnded(ChannelEnd {
+            id: ch.id,
+            mode: if ch.client_active {
+                "active"
+            } else {
+                "passive"
+            },
+            ok,
+            transfer,
+        }));
+    }
+
+    /// Forgets a channel that never served anything and stops it.
+    fn drop_channel(&mut self, id: ChannelId, data: &mut dyn DataChannels) {
         if self.prepared == Some(id) {
             self.prepared = None;
         }
-        let pos = self.channels.iter().position(|c| c.id == id)?;
-        data.cancel(id);
-        Some(self.channels.remove(pos))
+        if let Some(pos) = self.channels.iter().position(|c| c.id == id) {
+            data.cancel(id);
+            self.channels.remove(pos);
+        }
     }
 
     /// Queues a reply for the client, behind any that wait for their data channel. A
@@ -1835,7 +1981,7 @@ impl Session {
     fn gated(&self, out: &Outgoing) -> bool {
         let Some(ch) = out
             .channel
-            .and_then(|id| self.channels.iter().find(|c| c.id == id))
+            .and_then(|id| self.channels.iter().find(|c| c.id == id && c.live()))
         else {
             return false;
         };
@@ -1854,16 +2000,30 @@ impl Session {
             }
             if let Some(out) = self.outq.pop_front() {
                 self.outq_bytes -= out.bytes.len();
-                self.send_client(out.bytes);
+                self.send_reply(out);
             }
+        }
+        // The server left: the client gets its last replies, and its data, then the end.
+        if self.server_gone && self.outq.is_empty() && !self.channels.iter().any(Channel::live) {
+            self.close();
         }
     }
 
     fn flush_all(&mut self) {
         self.outq_bytes = 0;
         while let Some(out) = self.outq.pop_front() {
-            self.send_client(out.bytes);
+            self.send_reply(out);
         }
+    }
+
+    /// Sends a queued reply; a success for a transfer whose data connection broke while
+    /// the reply waited becomes `426`.
+    fn send_reply(&mut self, out: Outgoing) {
+        let broken = out
+            .channel
+            .and_then(|id| self.channels.iter().find(|c| c.id == id))
+            .and_then(|ch| broken_transfer(ch, out.code));
+        self.send_client(broken.unwrap_or(out.bytes));
     }
 
     fn send_client(&mut self, bytes: Vec<u8>) {
@@ -1874,7 +2034,17 @@ impl Session {
         self.actions.push(Action::Refused(rule));
     }
 
+    /// A rule ends the session: an abnormal end, except the idle timeout's.
+    fn ended_by(&mut self, rule: Rule) {
+        if rule != Rule::IdleTimeout && self.failure.is_none() {
+            self.failure = Some(format!("ended by rule {rule}"));
+        }
+    }
+
     fn close(&mut self) {
+        if self.is_closed() {
+            return;
+        }
         if self.refusal_log.suppressed > 0 {
             tracing::warn!(
                 suppressed = self.refusal_log.suppressed,
@@ -1882,10 +2052,55 @@ impl Session {
             );
         }
         self.phase = Phase::Closed;
+        self.closed_at = Some(self.now);
         self.held.clear();
         self.deferred.clear();
         self.pending.clear();
         self.actions.push(Action::Close);
+        // Channels that delivered everything the server sent are only closing their
+        // sockets: they get CLOSING_GRACE to report. The others end now.
+        self.end_channels(|c| !(c.live() && c.state == ChannelState::ServerDone));
+    }
+
+    /// The server closed its control connection. Whatever the client still awaits gets an
+    /// answer (`426` for a transfer, then `421`), in its place after the replies that wait
+    /// for their data; then the session closes.
+    fn on_server_closed(&mut self) {
+        tracing::debug!("server closed the control connection");
+        if matches!(self.phase, Phase::Passthrough) {
+            self.close();
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let awaited = pending
+            .iter()
+            .any(|p| matches!(p, Pending::Server(a) if !matches!(a, Awaiting::Quit)));
+        if awaited {
+            let why = "the server closed the control connection";
+            self.failure = Some(why.to_owned());
+            for p in pending {
+                match p {
+                    Pending::Server(Awaiting::Transfer(id)) => {
+                        if let Some(ch) =
+                            id.and_then(|id| self.channels.iter_mut().find(|c| c.id == id))
+                        {
+                            ch.reply = Some(Err(why.to_owned()));
+                        }
+                        if let Some(id) = id {
+                            self.settle(id);
+                        }
+                        let text = format!("426 Connection closed; transfer aborted: {why}.\r\n");
+                        self.enqueue(Some(426), text.into_bytes(), None);
+                    }
+                    Pending::Local(bytes) => self.enqueue(reply_code(&bytes), bytes, None),
+                    Pending::Server(_) => {}
+                }
+            }
+            let text = format!("421 Service not available: {why}.\r\n");
+            self.enqueue(Some(421), text.into_bytes(), None);
+        }
+        self.server_gone = true;
+        self.flush();
     }
 
     /// Sends what is queued and `reply`, then closes. Nothing happens on a closed session.
@@ -1913,6 +2128,17 @@ fn transfer_command(clean: &[u8]) -> Option<(String, String)> {
                 argument.chars().take(512).collect(),
             )
         })
+}
+
+/// The `426` a client gets instead of a success reply for a transfer whose data
+/// connection broke (DESIGN.md §5: a failed relay is never reported as success).
+fn broken_transfer(ch: &Channel, code: Option<u16>) -> Option<Vec<u8>> {
+    match (&ch.data, code) {
+        (Some(Err(why)), Some(200..=299)) => {
+            Some(format!("426 Connection closed; transfer aborted: {why}.\r\n").into_bytes())
+        }
+        _ => None,
+    }
 }
 
 fn is_preliminary(code: Option<u16>) -> bool {

@@ -4,7 +4,10 @@
 //!   topology with a plain NAT router where active outbound and passive publish fail;
 //! - `interop.py`: roles x servers (vsftpd, pure-ftpd, pyftpdlib) x clients (curl, lftp,
 //!   ftplib) through ftpgate and, side by side, the kernel's FTP helper; 40 parallel
-//!   sessions per role; a server and a client killed mid-transfer.
+//!   sessions per role; a server and a client killed mid-transfer;
+//! - `faults.py`: peer death in each direction and mode, data-port and file-descriptor
+//!   exhaustion and recovery, a churn soak, reloads under load, loss and delay
+//!   (`FTPGATE_FAULTS_LONG=1` makes the soak five minutes).
 //!
 //! Needs root. Without root each test is skipped with a loud message, except under CI
 //! (`CI` set), where a skip would hide missing coverage and so fails instead.
@@ -49,4 +52,9 @@ fn roles_end_to_end() {
 #[test]
 fn interop_matrix_with_kernel_helper() {
     run_lab("interop.py");
+}
+
+#[test]
+fn faults_end_to_end() {
+    run_lab("faults.py");
 }

@@ -695,9 +695,9 @@ fn pure_ftpd() -> Option<PureFtpd> {
     if !binary.exists() || !root {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI runs as root with pure-ftpd unpacked (.ci/run)"
+            "CI runs as root with pure-ftpd unpacked (tests/run)"
         );
-        eprintln!("SKIPPED: pure-ftpd needs root and target/peers (run .ci/run)");
+        eprintln!("SKIPPED: pure-ftpd needs root and target/peers (run tests/run)");
         return None;
     }
     let port = common::free_port();

@@ -5,8 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
@@ -85,7 +84,6 @@ pub struct Listeners {
 pub async fn run(id: ChannelId, listeners: Listeners, plan: DataPlan, ctx: ChannelContext) {
     let mode = plan.client_mode();
     let outcome = establish_and_relay(id, listeners, &plan, &ctx, mode).await;
-    telemetry::data_channel_done(&ctx.gateway, mode, outcome.is_ok());
     let event = match outcome {
         Ok(stats) => {
             tracing::debug!(
@@ -210,40 +208,53 @@ async fn connect(to: SocketAddr, from: DialSource) -> io::Result<TcpStream> {
 }
 
 /// Relays until both directions have ended; returns bytes (client→server, server→client).
+/// When the relay breaks, both connections are reset rather than closed, so that neither
+/// peer takes a cut transfer for a complete one.
 async fn relay(
     id: ChannelId,
-    client: TcpStream,
-    server: TcpStream,
+    mut client: TcpStream,
+    mut server: TcpStream,
     ctx: &ChannelContext,
 ) -> io::Result<(u64, u64)> {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let (up, down) = match ctx.relay {
+    let relayed = match ctx.relay {
         #[cfg(target_os = "linux")]
-        RelayMode::Splice => {
-            let (up_pipe, down_pipe) = (Pipe::new()?, Pipe::new()?);
-            both_ways(
-                id,
-                ctx,
-                splice_half(&client, &server, &up_pipe),
-                splice_half(&server, &client, &down_pipe),
-            )
-            .await?
-        }
+        RelayMode::Splice => match (Pipe::new(), Pipe::new()) {
+            (Ok(up_pipe), Ok(down_pipe)) => {
+                both_ways(
+                    id,
+                    ctx,
+                    splice_half(&client, &server, &up_pipe),
+                    splice_half(&server, &client, &down_pipe),
+                )
+                .await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
         _ => {
-            let (client_rd, client_wr) = client.into_split();
-            let (server_rd, server_wr) = server.into_split();
+            let (client_rd, client_wr) = client.split();
+            let (server_rd, server_wr) = server.split();
             both_ways(
                 id,
                 ctx,
                 copy_half(client_rd, server_wr),
                 copy_half(server_rd, client_wr),
             )
-            .await?
+            .await
         }
     };
+    let (up, down) = relayed.inspect_err(|_| {
+        reset(&client);
+        reset(&server);
+    })?;
     telemetry::relayed(&ctx.gateway, up, down);
     Ok((up, down))
+}
+
+/// Makes the socket's close send a reset (`SO_LINGER` 0).
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// Runs both directions; reports the end of the server-to-client one as soon as it comes.
@@ -272,7 +283,10 @@ async fn splice_half(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Resul
 }
 
 /// Copies one direction until EOF, then passes the FIN on.
-async fn copy_half(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> io::Result<u64> {
+async fn copy_half(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; RELAY_BUFFER];
     let mut total = 0u64;
     loop {

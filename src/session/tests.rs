@@ -45,8 +45,10 @@ struct Harness {
     refused: Vec<Rule>,
     /// Rewrites reported, in order (taken out of the returned actions).
     rewrites: Vec<Rewrite>,
-    /// Transfer records, in order (taken out of the returned actions).
+    /// Transfer records, in order (taken out of the returned channel ends).
     transfers: Vec<TransferRecord>,
+    /// Channel ends, in order (taken out of the returned actions).
+    ended: Vec<ChannelEnd>,
 }
 
 impl Harness {
@@ -70,6 +72,7 @@ impl Harness {
             refused: Vec::new(),
             rewrites: Vec::new(),
             transfers: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -84,8 +87,9 @@ impl Harness {
                 self.rewrites.push(*kind);
                 false
             }
-            Action::Transfer(record) => {
-                self.transfers.push(record.clone());
+            Action::ChannelEnded(end) => {
+                self.transfers.extend(end.transfer.clone());
+                self.ended.push(end.clone());
                 false
             }
             _ => true,
@@ -595,10 +599,14 @@ fn transfers_are_recorded_with_their_command_file_and_bytes() {
         seconds: 0.5,
     };
     h.data_ev(1, DataEvent::Finished(stats));
+    // A transfer is over when its data ended and the server answered it.
+    assert!(h.transfers.is_empty());
+    h.server(b"150 ok\r\n226 done\r\n");
     h.client(b"PORT 10,0,0,5,4,1\r\n");
     h.server(b"200 ok\r\n");
     h.client(b"RETR gone\r\n");
     h.data_ev(2, DataEvent::Failed("reset".into()));
+    h.server(b"426 aborted\r\n");
     assert_eq!(
         h.transfers,
         vec![
@@ -965,8 +973,11 @@ fn a_transfer_finishing_after_the_session_closed_is_still_recorded() {
     h.data_ev(1, DataEvent::Established);
     h.data_ev(1, DataEvent::ServerToClientDone);
     h.server(b"226 done\r\n221 bye\r\n");
-    h.ev(Event::ServerClosed);
-    assert!(h.s.is_closed() && h.s.has_finishing_channels());
+    h.ev(Event::ClientClosed);
+    assert!(
+        h.s.is_closed() && !h.s.is_finished(),
+        "a channel still finishing"
+    );
     let stats = DataStats {
         to_server: 0,
         to_client: 42,
@@ -975,7 +986,7 @@ fn a_transfer_finishing_after_the_session_closed_is_still_recorded() {
     assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
     assert_eq!(h.transfers.len(), 1);
     assert_eq!(h.transfers[0].stats, Some(stats));
-    assert!(!h.s.has_finishing_channels());
+    assert!(h.s.is_finished());
 }
 
 #[test]
@@ -1318,4 +1329,176 @@ fn refusal_logs_are_rate_limited_and_counts_stay_exact() {
         h.s.refusal_log.suppressed,
         200 - u64::from(REFUSAL_LOG_BURST)
     );
+}
+
+// ---- issue 12: a broken transfer is never reported as complete ------------------------
+
+/// A publish session with a passive transfer `command` on channel 1, connected.
+fn transferring(command: &[u8]) -> Harness {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(command);
+    h.data_ev(1, DataEvent::Established);
+    assert_eq!(h.server(b"150 go\r\n"), vec![to_client("150 go\r\n")]);
+    h
+}
+
+fn starts_with(out: &[Action], prefix: &str) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::ToClient(b) if b.starts_with(prefix.as_bytes())))
+}
+
+#[test]
+fn a_cut_upload_gets_426_not_the_servers_226() {
+    // The relay broke (ftpgate's server-facing socket reset); the server took the reset
+    // for the end of the file and says 226. The client must not believe it.
+    let mut h = transferring(b"STOR up.bin\r\n");
+    h.data_ev(
+        1,
+        DataEvent::Failed("relay: Software caused connection abort".into()),
+    );
+    let out = h.server(b"226 Transfer complete\r\n");
+    assert_eq!(
+        out,
+        vec![to_client(
+            "426 Connection closed; transfer aborted: relay: Software caused connection abort.\r\n"
+        )]
+    );
+    assert_eq!(h.ended.len(), 1);
+    assert!(!h.ended[0].ok);
+    let record = h.ended[0].transfer.as_ref().unwrap();
+    assert_eq!(record.command, "STOR");
+    assert!(record.failure.as_deref().unwrap().contains("abort"));
+
+    // The same when the 226 came first and waited for the data.
+    let mut h = transferring(b"STOR up.bin\r\n");
+    assert!(h.server(b"226 Transfer complete\r\n").is_empty());
+    let out = h.data_ev(1, DataEvent::Failed("relay: reset".into()));
+    assert!(starts_with(&out, "426 "), "{out:?}");
+    assert!(!starts_with(&out, "226"), "{out:?}");
+    assert_eq!(h.ended.len(), 1);
+    assert!(!h.ended[0].ok);
+}
+
+#[test]
+fn a_server_that_dies_mid_retr_leaves_a_426_and_a_failed_transfer() {
+    // The server's data socket closed cleanly (the process died): the data looks whole,
+    // but no 226 ever comes.
+    let mut h = transferring(b"RETR big.bin\r\n");
+    h.data_ev(1, DataEvent::ServerToClientDone);
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 13_000_000,
+        seconds: 1.0,
+    };
+    assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
+    assert!(
+        h.transfers.is_empty(),
+        "not complete without the server's reply"
+    );
+    let out = h.ev(Event::ServerClosed);
+    assert_eq!(
+        out,
+        vec![
+            to_client("426 Connection closed; transfer aborted: the server closed the control connection.\r\n"),
+            to_client("421 Service not available: the server closed the control connection.\r\n"),
+            Action::Close
+        ]
+    );
+    assert_eq!(h.ended.len(), 1);
+    assert!(!h.ended[0].ok);
+    assert_eq!(
+        h.transfers[0].failure.as_deref(),
+        Some("the server closed the control connection")
+    );
+    assert_eq!(
+        h.s.failure(),
+        Some("the server closed the control connection")
+    );
+    assert!(h.s.is_finished());
+}
+
+#[test]
+fn a_server_closing_after_its_226_waits_for_the_data_and_is_no_failure() {
+    let mut h = transferring(b"RETR f\r\n");
+    assert!(
+        h.server(b"226 done\r\n").is_empty(),
+        "226 waits for the data"
+    );
+    // The server closes while the data is still being relayed: the 226 keeps its place.
+    assert!(h.ev(Event::ServerClosed).is_empty());
+    let out = h.data_ev(1, DataEvent::ServerToClientDone);
+    assert_eq!(out, vec![to_client("226 done\r\n")]);
+    // The client may still be reading its data: the control connection stays until the
+    // channel is over.
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 5,
+        seconds: 0.1,
+    };
+    assert_eq!(
+        h.data_ev(1, DataEvent::Finished(stats)),
+        vec![Action::Close]
+    );
+    assert_eq!(h.ended.len(), 1);
+    assert!(h.ended[0].ok);
+    assert_eq!(h.s.failure(), None);
+    assert!(h.s.is_finished());
+}
+
+#[test]
+fn a_client_that_dies_mid_stor_leaves_a_failed_transfer() {
+    let mut h = transferring(b"STOR up.bin\r\n");
+    let out = h.ev(Event::ClientClosed);
+    assert_eq!(out, vec![Action::Close]);
+    assert_eq!(h.ended.len(), 1, "reported once, and the shell stops it");
+    assert!(!h.ended[0].ok);
+    assert_eq!(
+        h.transfers[0].failure.as_deref(),
+        Some("the session ended during the transfer")
+    );
+    assert!(h.s.failure().is_some());
+    assert!(h.s.is_finished());
+    // Late events of the stopped channel change nothing.
+    assert!(h.data_ev(1, DataEvent::Failed("aborted".into())).is_empty());
+    assert_eq!(h.ended.len(), 1);
+}
+
+#[test]
+fn a_channel_still_finishing_at_close_gets_its_grace_then_is_reported_once() {
+    let mut h = transferring(b"RETR f\r\n");
+    h.data_ev(1, DataEvent::ServerToClientDone);
+    h.server(b"226 done\r\n");
+    h.client(b"QUIT\r\n");
+    h.server(b"221 bye\r\n");
+    h.ev(Event::ClientClosed);
+    assert!(h.s.is_closed() && !h.s.is_finished());
+    assert_eq!(h.s.failure(), None, "a QUIT after the 226 is a normal end");
+    assert_eq!(h.s.poll_timeout(), Some(h.now + CLOSING_GRACE));
+    // It never reports: at the end of the grace it is failed, once.
+    assert!(h
+        .advance(CLOSING_GRACE - Duration::from_millis(1))
+        .is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.ended.len(), 1);
+    assert!(!h.ended[0].ok);
+    assert!(h.s.is_finished());
+    assert_eq!(h.s.poll_timeout(), None);
+}
+
+#[test]
+fn a_listener_nobody_used_is_counted_failed_and_a_replaced_one_not_at_all() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    // Replaced by a newer PASV before anyone connected: released, not counted.
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,138\r\n");
+    assert_eq!(h.data.cancelled, vec![1]);
+    assert!(h.ended.is_empty());
+    // Timed out: counted as a failed channel, no transfer.
+    h.data_ev(2, DataEvent::Failed("no connection within 30s".into()));
+    assert_eq!(h.ended.len(), 1);
+    assert!(!h.ended[0].ok && h.ended[0].transfer.is_none());
 }

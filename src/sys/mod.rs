@@ -1,6 +1,7 @@
-//! Linux socket options the gateway needs, behind a small interface: the original
-//! destination of a redirected connection and `IP_TRANSPARENT`. Elsewhere they report
-//! "unsupported" and the roles that need them cannot run.
+//! Linux socket options and process limits the gateway needs, behind a small interface:
+//! the original destination of a redirected connection, `IP_TRANSPARENT`, and the limit
+//! on open files. Elsewhere they report "unsupported" and the roles that need them cannot
+//! run.
 
 use std::io;
 use std::net::SocketAddr;
@@ -65,4 +66,29 @@ pub fn set_transparent<'s>(_: impl Into<SockRef<'s>>, _: bool) -> io::Result<()>
         io::ErrorKind::Unsupported,
         "IP_TRANSPARENT needs Linux",
     ))
+}
+
+/// The limit on open file descriptors, before and after [`raise_open_files_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit the process started with.
+    pub was: u64,
+    /// The soft limit now.
+    pub now: u64,
+}
+
+/// Raises the soft limit on open files to the hard limit: each session holds two sockets,
+/// and a transfer four to six descriptors more.
+pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let was = limit.current.unwrap_or(u64::MAX);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).map_err(io::Error::from)?;
+    }
+    Ok(OpenFiles {
+        was,
+        now: limit.current.unwrap_or(u64::MAX),
+    })
 }

@@ -20,7 +20,7 @@ pub fn support(script: &str) -> PathBuf {
         .join(script)
 }
 
-/// Fails (not skips) when a peer program is missing: `.ci/run` installs them all.
+/// Fails (not skips) when a peer program is missing: `tests/run` installs them all.
 pub fn require(program: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -29,7 +29,7 @@ pub fn require(program: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "{program} is not installed; run .ci/run or install it (see README)"
+        "{program} is not installed; run tests/run, which installs it (see README)"
     );
 }
 

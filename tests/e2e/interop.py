@@ -495,7 +495,7 @@ def versions():
     return [
         ("kernel", os.uname().release),
         # vsftpd prints its version on standard input.
-        ("vsftpd", first_line(["sh", "-c", "vsftpd -v 0>&1"]).split()[-1]),
+        ("vsftpd", first_line(["sh", "-c", '"$0" -v 0>&1', lab.vsftpd_binary() or "false"]).split()[-1]),
         ("pure-ftpd", pure.split()[1] if len(pure.split()) > 1 else "?"),
         ("pyftpdlib", pyftpdlib),
         ("curl", first_line(["curl", "--version"]).split()[1]),
@@ -544,7 +544,7 @@ def main():
         sys.exit("interop.py needs root (network namespaces, nftables)")
     missing = lab.missing_tools()
     if missing:
-        sys.exit("interop.py needs: " + ", ".join(missing) + " (run .ci/run)")
+        sys.exit("interop.py needs: " + ", ".join(missing) + " (run tests/run)")
 
     work = tempfile.mkdtemp(prefix="ftpgate-interop-")
     topo = lab.Topology(work)

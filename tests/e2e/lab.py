@@ -49,18 +49,30 @@ def random_file(path, size):
     return sha256_file(path)
 
 
+def peer_binary(package, env):
+    """An FTP server: $ENV, or unpacked by tests/run into target/peers (Debian's FTP server
+    packages conflict, and installing one starts it), or installed on PATH."""
+    unpacked = os.path.join(REPO, "target", "peers", package, "usr", "sbin", package)
+    for path in (os.environ.get(env), unpacked, shutil.which(package)):
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
 def pure_ftpd_binary():
-    """pure-ftpd conflicts with vsftpd as a Debian package; .ci/run unpacks it here."""
-    path = os.environ.get("PURE_FTPD") or os.path.join(
-        REPO, "target", "peers", "pure-ftpd", "usr", "sbin", "pure-ftpd")
-    return path if os.path.exists(path) else None
+    return peer_binary("pure-ftpd", "PURE_FTPD")
+
+
+def vsftpd_binary():
+    return peer_binary("vsftpd", "VSFTPD")
 
 
 def missing_tools():
-    missing = [t for t in ("ip", "nft", "vsftpd", "curl", "lftp", "python3")
+    missing = [t for t in ("ip", "nft", "curl", "lftp", "python3", "ss", "prlimit")
                if shutil.which(t) is None]
-    if pure_ftpd_binary() is None:
-        missing.append("pure-ftpd (unpacked into target/peers by .ci/run)")
+    for name, binary in (("vsftpd", vsftpd_binary()), ("pure-ftpd", pure_ftpd_binary())):
+        if binary is None:
+            missing.append("%s (unpacked into target/peers by tests/run)" % name)
     probe = subprocess.run(["python3", "-c", "import pyftpdlib"], capture_output=True)
     if probe.returncode != 0:
         missing.append("pyftpdlib")
@@ -119,6 +131,14 @@ class Topology:
         log = open(os.path.join(self.work, log_name), "ab")
         p = subprocess.Popen(["ip", "netns", "exec", self.ns[where], *cmd],
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def spawn_capture(self, where, cmd):
+        """Starts CMD in a namespace with its standard output piped back."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns[where], *cmd],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
         self.procs.append(p)
         return p
 
@@ -223,7 +243,11 @@ class Vsftpd(Server):
                 "vsftpd_log_file=" + os.path.join(self.topo.work, "vsftpd-%s.log" % self.where),
                 "",
             ]))
-        return ["vsftpd", conf]
+        binary = vsftpd_binary()
+        if binary is None:
+            raise RuntimeError("vsftpd not found: run tests/run, which unpacks it into "
+                               "target/peers (or set VSFTPD=/path/to/vsftpd)")
+        return [binary, conf]
 
 
 class PureFtpd(Server):

@@ -54,6 +54,9 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("netns.py needs root (network namespaces, nftables)")
+    missing = lab.missing_tools()
+    if missing:
+        sys.exit("%s needs: " % os.path.basename(__file__) + ", ".join(missing) + " (run tests/run)")
 
     work = tempfile.mkdtemp(prefix="ftpgate-e2e-")
     topo = lab.Topology(work)
