@@ -407,10 +407,10 @@ class Matrix:
             f.write(FAULTS_CONFIG)
         gw = lab.Ftpgate(topo, self.binary, config, "faults", "10.0.0.1:2121")
 
-        def download(server, name, mode_args):
+        def download(server, name, mode_args, rate="8M"):
             out = os.path.join(topo.work, name)
             url = "ftp://anonymous%%40203.0.113.10%%3A%d:x@10.0.0.1:2121/big.bin" % server.port
-            p = topo.spawn("lan", ["curl", "-sS", "--limit-rate", "8M", "--max-time", "60",
+            p = topo.spawn("lan", ["curl", "-sS", "--limit-rate", rate, "--max-time", "60",
                                    "-o", out] + mode_args + [url], name + ".log")
             return p, out
 
@@ -419,7 +419,10 @@ class Matrix:
         url = "ftp://anonymous%40203.0.113.10%3A2200:x@10.0.0.1:2121/upload/fault-up.bin"
         upload = topo.spawn("lan", ["curl", "-sS", "--limit-rate", "8M", "--max-time", "60",
                                     "-T", up_src, url], "fault-up.log")
-        victim_server, _ = download(doomed, "fault-server-killed.bin", ["--ftp-pasv"])
+        # Slow enough that the server is still sending when it is killed (socket buffers
+        # and pipes hold some 20 MiB); a server that had sent everything and its 226 would
+        # rightly see its transfer delivered.
+        victim_server, _ = download(doomed, "fault-server-killed.bin", ["--ftp-pasv"], "1M")
         victim_client, _ = download(healthy, "fault-client-killed.bin", ["--ftp-port", "10.0.0.2"])
         survivors = [download(healthy, "fault-ok-%d.bin" % i, m) for i, m in
                      enumerate((["--ftp-pasv"], ["--ftp-port", "10.0.0.2"],
