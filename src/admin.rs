@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 
-use crate::session::ChannelId;
+use crate::plan::ChannelId;
 
 /// Why the admin socket could not be served.
 #[derive(Debug, thiserror::Error)]

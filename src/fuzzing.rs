@@ -2,7 +2,7 @@
 //! panics). `fuzz/` drives them with libFuzzer (`cargo fuzz run -s none codec|session`);
 //! the tests below drive them with random inputs on every `cargo test`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::{ClientSource, ServerMode, TlsPolicy};
@@ -12,9 +12,9 @@ use crate::ftp::hostport::{
 };
 use crate::ftp::line::{clean_line, LineFramer};
 use crate::ftp::reply::{ReplyAssembler, ReplyLimits};
+use crate::plan::{ChannelId, DataEvent, DataOpenError, DataPlan, DataStats, Endpoint, Ports};
 use crate::session::{
-    Action, ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DataStats, Endpoint,
-    Event, Ports, Session, SessionLimits, SessionParams, SideAddrs, UpstreamKind,
+    Action, Event, Session, SessionLimits, SessionParams, SideAddrs, UpstreamKind,
 };
 
 /// Every codec of the control protocol on arbitrary bytes: no panic, and what parses
@@ -96,30 +96,44 @@ pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
     }
 }
 
-/// Records the plans of opened channels.
-struct Data {
+/// The shell's part for the harness: answers every [`Action::OpenChannel`] at once (or
+/// fails it, when told to), and records the plans.
+struct Shell {
     plans: Vec<DataPlan>,
     fail: bool,
 }
 
-impl DataChannels for Data {
-    fn open(&mut self, _id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
-        if self.fail {
-            return Err(DataOpenError::Exhausted);
+impl Shell {
+    /// Feeds `event`, then the answers to the channels it opened; returns every action.
+    fn drive(&mut self, s: &mut Session, now: Instant, event: Event) -> Vec<Action> {
+        let mut all = Vec::new();
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            let actions = s.handle(now, event);
+            for a in &actions {
+                if let Action::OpenChannel { id, plan } = a {
+                    self.plans.push(plan.clone());
+                    let result = if self.fail {
+                        Err(DataOpenError::Exhausted)
+                    } else {
+                        Ok(Ports {
+                            client: plan.client.accepts().then_some(50000),
+                            server: plan.server.accepts().then_some(50001),
+                        })
+                    };
+                    next = Some(Event::ChannelOpened { id: *id, result });
+                }
+            }
+            all.extend(actions);
         }
-        self.plans.push(plan.clone());
-        Ok(Ports {
-            client: plan.client.accepts().then_some(50000),
-            server: plan.server.accepts().then_some(50001),
-        })
+        all
     }
-    fn cancel(&mut self, _id: ChannelId) {}
 }
 
 /// The session state machine driven by an arbitrary event sequence from both sides.
 ///
 /// Input: a flags byte, then records `[kind, len, bytes...]`; one kind of record moves the
-/// clock forward and delivers [`Event::Timeout`] when it is due. Invariants: no panic;
+/// clock forward and delivers [`Event::Timeout`] when it is due, another starts a shutdown. Invariants: no panic;
 /// every `PORT`/`EPRT` sent to the server names ftpgate's server-side address; every data
 /// channel dials only the client's or the server's control address; no channel is
 /// reported ended twice; after a timeout the next deadline lies in the future.
@@ -128,66 +142,21 @@ pub fn session(input: &[u8]) {
         return;
     };
     let mut now = Instant::now();
-    let mut s = Session::new(
-        SessionParams {
-            upstream: if flags & 1 == 0 {
-                UpstreamKind::Fixed
-            } else {
-                UpstreamKind::Explicit
-            },
-            tls: if flags & 2 == 0 {
-                TlsPolicy::Refuse
-            } else {
-                TlsPolicy::Passthrough
-            },
-            allow_privileged_ports: flags & 4 != 0,
-            server_mode: match (flags >> 4) % 3 {
-                0 => ServerMode::Same,
-                1 => ServerMode::Passive,
-                _ => ServerMode::Active,
-            },
-            ..lab_params(UpstreamKind::Fixed)
-        },
-        now,
-    );
-    let mut data = Data {
+    let mut s = Session::new(params_of(flags), now);
+    let mut shell = Shell {
         plans: Vec::new(),
         fail: flags & 8 != 0,
     };
     let mut actions = s.start();
-    let server: SocketAddr = SERVER.parse().unwrap();
     while let [kind, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
         let (bytes, next) = tail.split_at(n);
         rest = next;
-        let id = ChannelId::from(bytes.first().copied().unwrap_or(0) % 4);
-        let event = match kind % 10 {
-            9 => {
-                now += Duration::from_secs(u64::from(bytes.first().copied().unwrap_or(0)));
-                match s.poll_timeout() {
-                    Some(t) if t <= now => Event::Timeout,
-                    _ => continue,
-                }
-            }
-            0..=2 => Event::ClientData(bytes),
-            3..=5 => Event::ServerData(bytes),
-            6 => Event::UpstreamConnected(server),
-            7 => Event::Data(id, DataEvent::Established),
-            _ => Event::Data(
-                id,
-                match bytes.len() % 3 {
-                    0 => DataEvent::ServerToClientDone,
-                    1 => DataEvent::Finished(DataStats {
-                        to_server: 1,
-                        to_client: 2,
-                        seconds: 0.5,
-                    }),
-                    _ => DataEvent::Failed("fuzz".into()),
-                },
-            ),
+        let Some(event) = event_of(*kind, bytes, &mut now, &s) else {
+            continue;
         };
         let was_timeout = event == Event::Timeout;
-        actions.extend(s.handle(now, event, &mut data));
+        actions.extend(shell.drive(&mut s, now, event));
         if was_timeout {
             // A timeout is acted on: the shell would otherwise wake up again at once.
             assert!(
@@ -196,10 +165,74 @@ pub fn session(input: &[u8]) {
             );
         }
     }
+    check_invariants(&actions, &shell.plans);
+}
+
+/// The session's settings, from the flags byte: role, TLS policy, privileged ports and
+/// `server_mode`.
+fn params_of(flags: u8) -> SessionParams {
+    SessionParams {
+        upstream: if flags & 1 == 0 {
+            UpstreamKind::Fixed
+        } else {
+            UpstreamKind::Explicit
+        },
+        tls: if flags & 2 == 0 {
+            TlsPolicy::Refuse
+        } else {
+            TlsPolicy::Passthrough
+        },
+        allow_privileged_ports: flags & 4 != 0,
+        server_mode: match (flags >> 4) % 3 {
+            0 => ServerMode::Same,
+            1 => ServerMode::Passive,
+            _ => ServerMode::Active,
+        },
+        ..lab_params(UpstreamKind::Fixed)
+    }
+}
+
+/// The event a record stands for; a record that moves the clock yields the timeout when
+/// one came due, and nothing otherwise.
+fn event_of(kind: u8, bytes: &[u8], now: &mut Instant, s: &Session) -> Option<Event> {
+    let first = u64::from(bytes.first().copied().unwrap_or(0));
+    let id = ChannelId::from(bytes.first().copied().unwrap_or(0) % 4);
+    Some(match kind % 11 {
+        10 => Event::Shutdown {
+            deadline: *now + Duration::from_secs(first),
+        },
+        9 => {
+            *now += Duration::from_secs(first);
+            return s
+                .poll_timeout()
+                .filter(|t| *t <= *now)
+                .map(|_| Event::Timeout);
+        }
+        0..=2 => Event::ClientData(bytes.to_vec()),
+        3..=5 => Event::ServerData(bytes.to_vec()),
+        6 => Event::UpstreamConnected(SERVER.parse().expect("constant address")),
+        7 => Event::Data(id, DataEvent::Established),
+        _ => Event::Data(
+            id,
+            match bytes.len() % 3 {
+                0 => DataEvent::ServerToClientDone,
+                1 => DataEvent::Finished(DataStats {
+                    to_server: 1,
+                    to_client: 2,
+                    seconds: 0.5,
+                }),
+                _ => DataEvent::Failed("fuzz".into()),
+            },
+        ),
+    })
+}
+
+/// What must hold of everything a session did, whatever it was fed.
+fn check_invariants(actions: &[Action], plans: &[DataPlan]) {
     let in_passthrough = actions
         .iter()
         .any(|a| matches!(a, Action::ToClient(b) if b.starts_with(b"234")));
-    for a in &actions {
+    for a in actions {
         if let Action::ToServer(b) = a {
             // In TLS passthrough the bytes are the client's own, not ftpgate's words.
             if !in_passthrough && (b.starts_with(b"PORT ") || b.starts_with(b"EPRT ")) {
@@ -223,7 +256,7 @@ pub fn session(input: &[u8]) {
     ended.dedup();
     assert_eq!(ended.len(), reports, "a data channel reported twice");
     let allowed: [IpAddr; 2] = ["10.0.0.5".parse().unwrap(), "192.0.2.10".parse().unwrap()];
-    for plan in &data.plans {
+    for plan in plans {
         for end in [&plan.client, &plan.server] {
             let ip = match end {
                 Endpoint::Dial { to, .. } => to.ip(),
@@ -254,7 +287,7 @@ mod tests {
         #[test]
         fn session_on_ftp_shaped_events(
             flags: u8,
-            records in proptest::collection::vec((0u8..10, ftp_shaped()), 0..30),
+            records in proptest::collection::vec((0u8..11, ftp_shaped()), 0..30),
         ) {
             // Start from a connected, greeted session so that the records reach deep states.
             let mut input = vec![flags & !1, 6, 0, 3, 8];

@@ -4,13 +4,16 @@
 //! and `227`/`229` carry, and opens and relays the data connections they negotiate, so
 //! that active and passive FTP survive NAT and a default-deny firewall.
 //!
-//! The map:
-//! - [`ftp`]: the control protocol without I/O: line framing, commands, replies and the
-//!   address codecs;
-//! - [`session`]: the per-session state machine (events in, actions out) where the
-//!   protocol and security rules live;
+//! The map, from the protocol core (no I/O) to the shell:
+//! - [`ftp`]: the control protocol: line framing, commands, replies (read and written)
+//!   and the address codecs;
+//! - [`session`]: the per-session state machine (events and the time in, actions out)
+//!   where the protocol and security rules live, in parts (`session/`);
+//! - [`plan`]: the words the core and the shell share: data plans, channel events and
+//!   reports;
+//! - [`gateway`]: the async shell: listeners, admission, upstreams, one connection driver
+//!   per session, shutdown;
 //! - [`data`]: data channels: the port pool, one-shot listeners, dialling and relaying;
-//! - [`gateway`]: the async shell: listeners, admission, upstreams, driving sessions;
 //! - [`rules`]: the security rules, named for logs and metrics;
 //! - [`admin`]: the live view of sessions (`ftpgate sessions`);
 //! - [`config`]: the YAML schema and its validation;
@@ -24,6 +27,7 @@ pub mod data;
 pub mod ftp;
 pub mod fuzzing;
 pub mod gateway;
+pub mod plan;
 pub mod rules;
 pub mod session;
 pub mod sys;

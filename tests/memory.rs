@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use ftpgate::config::Limits;
 use ftpgate::fuzzing::{lab_params, SERVER};
-use ftpgate::session::{
-    ChannelId, DataChannels, DataEvent, DataOpenError, DataPlan, DataStats, Event, Ports, Session,
-    SessionLimits, SessionParams, UpstreamKind,
-};
+use ftpgate::plan::{ChannelId, DataEvent, DataStats, Ports};
+use ftpgate::session::{Action, Event, Session, SessionLimits, SessionParams, UpstreamKind};
 use proptest::prelude::*;
 
 /// The ceiling: one session's heap, whatever its peers send.
@@ -56,19 +54,6 @@ fn live() -> isize {
     LIVE.with(Cell::get)
 }
 
-/// Data channels that always open (ports from the pool's point of view are free).
-struct Channels;
-
-impl DataChannels for Channels {
-    fn open(&mut self, _id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
-        Ok(Ports {
-            client: plan.client.accepts().then_some(50000),
-            server: plan.server.accepts().then_some(50001),
-        })
-    }
-    fn cancel(&mut self, _id: ChannelId) {}
-}
-
 /// A session with the default limits, and the heap it holds.
 struct Metered {
     session: Session,
@@ -96,11 +81,26 @@ impl Metered {
         }
     }
 
-    /// Feeds one event; what it returns is performed (dropped) before measuring.
-    fn feed(&mut self, event: Event<'_>) {
+    /// Feeds the event `make` builds (inside the measured window, since the session
+    /// consumes it); what it returns is performed before measuring: writes are dropped,
+    /// and every channel opens (ports from the pool's point of view are free).
+    fn feed(&mut self, make: impl FnOnce() -> Event) {
         let before = live();
-        let actions = self.session.handle(self.now, event, &mut Channels);
-        drop(actions);
+        let mut next = Some(make());
+        while let Some(event) = next.take() {
+            for action in self.session.handle(self.now, event) {
+                if let Action::OpenChannel { id, plan } = action {
+                    let ports = Ports {
+                        client: plan.client.accepts().then_some(50000),
+                        server: plan.server.accepts().then_some(50001),
+                    };
+                    next = Some(Event::ChannelOpened {
+                        id,
+                        result: Ok(ports),
+                    });
+                }
+            }
+        }
         self.held += live() - before;
         self.peak = self.peak.max(self.held);
         assert!(
@@ -113,10 +113,12 @@ impl Metered {
     /// Feeds bytes from one side in reads of at most [`CONTROL_READ`].
     fn stream(&mut self, client: bool, bytes: &[u8]) {
         for chunk in bytes.chunks(CONTROL_READ) {
-            self.feed(if client {
-                Event::ClientData(chunk)
-            } else {
-                Event::ServerData(chunk)
+            self.feed(|| {
+                if client {
+                    Event::ClientData(chunk.to_vec())
+                } else {
+                    Event::ServerData(chunk.to_vec())
+                }
             });
         }
     }
@@ -124,7 +126,7 @@ impl Metered {
     fn greeted(upstream: UpstreamKind) -> Self {
         let mut m = Self::new(upstream);
         if upstream == UpstreamKind::Fixed {
-            m.feed(Event::UpstreamConnected(SERVER.parse().unwrap()));
+            m.feed(|| Event::UpstreamConnected(SERVER.parse().unwrap()));
             m.stream(false, b"220 hi\r\n");
         }
         m
@@ -156,7 +158,7 @@ fn replies_while_a_226_waits_for_its_data() {
     m.stream(true, b"PASV\r\n");
     m.stream(false, b"227 =192,0,2,10,19,137\r\n");
     m.stream(true, b"RETR f\r\n");
-    m.feed(Event::Data(1, DataEvent::Established));
+    m.feed(|| Event::Data(1, DataEvent::Established));
     m.stream(false, b"150 ok\r\n226 done\r\n");
     m.stream(
         false,
@@ -179,7 +181,7 @@ fn commands_answered_here_behind_an_outstanding_retr() {
 fn commands_pipelined_to_a_server_that_never_answers() {
     let mut m = Metered::new(UpstreamKind::Explicit);
     m.stream(true, b"USER a@ftp.example.org\r\n");
-    m.feed(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    m.feed(|| Event::UpstreamConnected(SERVER.parse().unwrap()));
     m.stream(false, b"220 hi\r\n");
     m.stream(true, &flood(b"NOOP\r\n", 32 << 20));
     assert!(m.is_closed());
@@ -249,7 +251,7 @@ proptest! {
         let mut m = if explicit {
             let mut m = Metered::new(UpstreamKind::Explicit);
             m.stream(true, b"USER a@ftp.example.org\r\n");
-            m.feed(Event::UpstreamConnected(SERVER.parse().unwrap()));
+            m.feed(|| Event::UpstreamConnected(SERVER.parse().unwrap()));
             m.stream(false, b"220 hi\r\n");
             m
         } else {
@@ -259,7 +261,7 @@ proptest! {
             match step {
                 Step::Client(b) => m.stream(true, &b),
                 Step::Server(b) => m.stream(false, &b),
-                Step::Data(id, e) => m.feed(Event::Data(id, match e {
+                Step::Data(id, e) => m.feed(|| Event::Data(id, match e {
                     0 => DataEvent::Established,
                     1 => DataEvent::ServerToClientDone,
                     2 => DataEvent::Finished(DataStats { to_server: 1, to_client: 2, seconds: 0.1 }),
@@ -268,7 +270,7 @@ proptest! {
                 Step::Wait(s) => {
                     m.now += Duration::from_secs(u64::from(s));
                     if m.session.poll_timeout().is_some_and(|t| t <= m.now) {
-                        m.feed(Event::Timeout);
+                        m.feed(|| Event::Timeout);
                     }
                 }
             }
@@ -284,11 +286,11 @@ fn the_counting_allocator_sees_what_a_session_holds() {
     m.stream(true, b"PASV\r\n");
     m.stream(false, b"227 =192,0,2,10,19,137\r\n");
     m.stream(true, b"RETR f\r\n");
-    m.feed(Event::Data(1, DataEvent::Established));
+    m.feed(|| Event::Data(1, DataEvent::Established));
     m.stream(false, b"150 ok\r\n226 done\r\n");
     m.stream(false, &[&b"200 "[..], &[b'q'; 50_000], b"\r\n"].concat());
     assert!(m.held - before > 50_000, "held {}", m.held - before);
     // Once the data is delivered the queue drains and the memory is given back.
-    m.feed(Event::Data(1, DataEvent::ServerToClientDone));
+    m.feed(|| Event::Data(1, DataEvent::ServerToClientDone));
     assert!(m.held - before < 10_000, "held {}", m.held - before);
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -210,4 +211,61 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     gw.signal("TERM");
     assert!(next().contains("STOPPING=1"));
     assert!(gw.child.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_tells_idle_clients_421_and_lets_transfers_end_with_226_first() {
+    let (server, sha) = server_with_big_file();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ftpgate.yaml");
+    let port = free_port();
+    write_config(&config, &[gateway("a", port, server.port)]);
+    let mut gw = Running::start(&config);
+
+    let mut idle = Control::connect(local(port));
+    idle.login();
+    let mut busy = Control::connect(local(port));
+    busy.login();
+    busy.cmd("TYPE I");
+    let pasv = busy.cmd("PASV");
+    let nums: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
+        .split(',')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let mut data = std::net::TcpStream::connect(local(nums[4] * 256 + nums[5])).unwrap();
+    busy.writer.write_all(b"RETR big.bin\r\n").unwrap();
+    assert!(busy.reply().starts_with('1'));
+    // The client reads its data slowly, so that the transfer spans the shutdown.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match data.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    gw.signal("TERM");
+
+    // The idle client is told at once, then the connection closes.
+    let bye = idle.reply();
+    assert!(bye.starts_with("421 Service shutting down"), "{bye:?}");
+    assert_eq!(idle.reply(), "", "closed after the 421");
+    // The transfer completes: 226 after the last byte, then 421.
+    let got = reader.join().unwrap();
+    let file = dir.path().join("got.bin");
+    std::fs::write(&file, &got).unwrap();
+    assert_eq!(sha256(&file), sha, "the whole file arrived");
+    assert!(
+        busy.reply().starts_with("226"),
+        "the transfer's own reply first"
+    );
+    assert!(busy.reply().starts_with("421 Service shutting down"));
+    assert_eq!(busy.reply(), "");
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -13,8 +13,8 @@ use super::ports::PortLease;
 #[cfg(target_os = "linux")]
 use super::splice::{splice_until_eof, Pipe};
 use crate::config::RelayMode;
+use crate::plan::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Endpoint};
 use crate::rules::Rule;
-use crate::session::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Endpoint};
 use crate::sys;
 use crate::telemetry;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::PortRange;
-use crate::session::DataOpenError;
+use crate::plan::DataOpenError;
 use crate::telemetry;
 
 /// Backlog of a one-shot listener: room for the expected peer and a few intruders.

@@ -47,6 +47,58 @@ pub enum AlgsArg {
     Unknown,
 }
 
+/// A command that moves data over a data connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferVerb {
+    /// `RETR`: a file to the client.
+    Retr,
+    /// `LIST`: a listing to the client.
+    List,
+    /// `NLST`: a name list to the client.
+    Nlst,
+    /// `MLSD`: a machine listing to the client (RFC 3659).
+    Mlsd,
+    /// `STOR`: a file from the client.
+    Stor,
+    /// `STOU`: a file from the client, stored under a unique name.
+    Stou,
+    /// `APPE`: a file from the client, appended.
+    Appe,
+}
+
+impl TransferVerb {
+    const ALL: [TransferVerb; 7] = [
+        TransferVerb::Retr,
+        TransferVerb::List,
+        TransferVerb::Nlst,
+        TransferVerb::Mlsd,
+        TransferVerb::Stor,
+        TransferVerb::Stou,
+        TransferVerb::Appe,
+    ];
+
+    /// The verb, upper case.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferVerb::Retr => "RETR",
+            TransferVerb::List => "LIST",
+            TransferVerb::Nlst => "NLST",
+            TransferVerb::Mlsd => "MLSD",
+            TransferVerb::Stor => "STOR",
+            TransferVerb::Stou => "STOU",
+            TransferVerb::Appe => "APPE",
+        }
+    }
+
+    /// Whether data flows from the client to the server.
+    pub fn upload(self) -> bool {
+        matches!(
+            self,
+            TransferVerb::Stor | TransferVerb::Stou | TransferVerb::Appe
+        )
+    }
+}
+
 /// Why a line is not a command line ftpgate can vouch for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LineSyntax {
@@ -99,6 +151,15 @@ pub enum Command<'a> {
     Rein,
     /// `ALGS` (RFC 6384), answered by the gateway.
     Algs(AlgsArg),
+    /// A command that moves data, with its argument as sent (the file; may be empty).
+    Transfer {
+        /// Which one.
+        verb: TransferVerb,
+        /// Its argument.
+        arg: &'a [u8],
+    },
+    /// `REST`: the restart point of the transfer command that follows.
+    Rest,
     /// A line with nothing in it (after Telnet commands were removed).
     Empty,
     /// A line that is not a well-formed command line.
@@ -216,6 +277,13 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
             Some(b"DISABLE64") => AlgsArg::Disable64,
             _ => AlgsArg::Unknown,
         })
+    } else if is("REST") {
+        Command::Rest
+    } else if let Some(verb) = TransferVerb::ALL.into_iter().find(|v| is(v.name())) {
+        Command::Transfer {
+            verb,
+            arg: arg.unwrap_or_default(),
+        }
     } else {
         Command::Other
     }
@@ -339,8 +407,29 @@ mod tests {
         assert_eq!(parse_command(b"USER bob"), Command::User(b"bob"));
         assert_eq!(parse_command(b"AUTH TLS"), Command::Auth(b"TLS"));
         assert_eq!(parse_command(b"abor"), Command::Abor);
-        assert_eq!(parse_command(b"RETR x"), Command::Other);
-        assert_eq!(parse_command(b"RETR a\tb  "), Command::Other);
+        assert_eq!(
+            parse_command(b"RETR x"),
+            Command::Transfer {
+                verb: TransferVerb::Retr,
+                arg: b"x"
+            }
+        );
+        assert_eq!(
+            parse_command(b"stor a\tb  "),
+            Command::Transfer {
+                verb: TransferVerb::Stor,
+                arg: b"a\tb  "
+            }
+        );
+        assert_eq!(
+            parse_command(b"LIST"),
+            Command::Transfer {
+                verb: TransferVerb::List,
+                arg: b""
+            }
+        );
+        assert_eq!(parse_command(b"REST 100"), Command::Rest);
+        assert_eq!(parse_command(b"SYST"), Command::Other);
         assert_eq!(parse_command(b""), Command::Empty);
     }
 

@@ -1,12 +1,15 @@
 //! Session state machine tests: every decision is checked through the actions it returns.
 
 use super::*;
-use crate::rules::Rule;
+use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::config::{ClientSource, ServerMode, TlsPolicy};
 use crate::fuzzing::SERVER;
+use crate::plan::{ChannelEnd, DataStats, DialSource, Endpoint, TransferRecord};
+use crate::rules::Rule;
 
-/// Records opened channels; hands out ports from 50000 unless told to fail.
+/// The shell's part: answers every channel opening at once, records plans and stops.
 #[derive(Default)]
 struct MockData {
     opened: Vec<(ChannelId, DataPlan)>,
@@ -14,7 +17,7 @@ struct MockData {
     fail: Option<DataOpenError>,
 }
 
-impl DataChannels for MockData {
+impl MockData {
     /// Client-side listeners get 50000, 50001, …; server-side ones 60000, 60001, ….
     fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
         if let Some(e) = &self.fail {
@@ -26,9 +29,6 @@ impl DataChannels for MockData {
             client: plan.client.accepts().then_some(50000 + n),
             server: plan.server.accepts().then_some(60000 + n),
         })
-    }
-    fn cancel(&mut self, id: ChannelId) {
-        self.cancelled.push(id);
     }
 }
 
@@ -76,8 +76,26 @@ impl Harness {
         }
     }
 
-    fn ev(&mut self, e: Event<'_>) -> Vec<Action> {
-        let mut out = self.s.handle(self.now, e, &mut self.data);
+    /// Feeds an event (and the answers to the channels it opens); returns the actions a
+    /// test looks at: the writes and closes. Refusals, rewrites, channel ends, openings
+    /// and stops are taken out into the harness's lists.
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut next = Some(e);
+        while let Some(event) = next.take() {
+            let actions = self.s.handle(self.now, event);
+            for a in &actions {
+                match a {
+                    Action::OpenChannel { id, plan } => {
+                        let result = self.data.open(*id, plan);
+                        next = Some(Event::ChannelOpened { id: *id, result });
+                    }
+                    Action::CancelChannel(id) => self.data.cancelled.push(*id),
+                    _ => {}
+                }
+            }
+            out.extend(actions);
+        }
         out.retain(|a| match a {
             Action::Refused(rule) => {
                 self.refused.push(*rule);
@@ -92,15 +110,16 @@ impl Harness {
                 self.ended.push(end.clone());
                 false
             }
+            Action::OpenChannel { .. } | Action::CancelChannel(_) => false,
             _ => true,
         });
         out
     }
     fn client(&mut self, b: &[u8]) -> Vec<Action> {
-        self.ev(Event::ClientData(b))
+        self.ev(Event::ClientData(b.to_vec()))
     }
     fn server(&mut self, b: &[u8]) -> Vec<Action> {
-        self.ev(Event::ServerData(b))
+        self.ev(Event::ServerData(b.to_vec()))
     }
     fn data_ev(&mut self, id: ChannelId, e: DataEvent) -> Vec<Action> {
         self.ev(Event::Data(id, e))
@@ -1271,7 +1290,7 @@ fn the_idle_timeout_counts_complete_commands_not_bytes() {
     }
     assert!(closes_with_421(&out), "{out:?}");
     assert_eq!(h.refused, vec![Rule::LineTimeout]);
-    assert!(h.now - h.s.idle_since >= line && h.now - h.s.idle_since < idle);
+    assert!(h.now - h.s.clock.idle_since >= line && h.now - h.s.clock.idle_since < idle);
 
     // A session with nothing to do ends at its idle timeout, through the reply queue.
     let mut h = Harness::relaying();
@@ -1501,4 +1520,78 @@ fn a_listener_nobody_used_is_counted_failed_and_a_replaced_one_not_at_all() {
     h.data_ev(2, DataEvent::Failed("no connection within 30s".into()));
     assert_eq!(h.ended.len(), 1);
     assert!(!h.ended[0].ok && h.ended[0].transfer.is_none());
+}
+
+// ---- shutdown: a signal every session selects on ----------------------------------------
+
+#[test]
+fn on_shutdown_an_idle_session_gets_421_at_once() {
+    let mut h = Harness::relaying();
+    h.client(b"NOOP\r\n");
+    h.server(b"200 ok\r\n");
+    let deadline = h.now + Duration::from_secs(30);
+    let out = h.ev(Event::Shutdown { deadline });
+    assert_eq!(
+        out,
+        vec![
+            to_client("421 Service shutting down; closing control connection.\r\n"),
+            Action::Close
+        ]
+    );
+    assert!(h.s.is_finished());
+    assert_eq!(h.s.failure(), None);
+}
+
+#[test]
+fn on_shutdown_a_transfer_ends_first_with_its_226_then_421() {
+    let mut h = transferring(b"RETR f\r\n");
+    let deadline = h.now + Duration::from_secs(30);
+    assert!(
+        h.ev(Event::Shutdown { deadline }).is_empty(),
+        "the transfer goes on"
+    );
+    assert_eq!(h.s.poll_timeout(), Some(deadline));
+    assert!(
+        h.server(b"226 done\r\n").is_empty(),
+        "226 waits for the data"
+    );
+    assert_eq!(
+        h.data_ev(1, DataEvent::ServerToClientDone),
+        vec![to_client("226 done\r\n")]
+    );
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 9,
+        seconds: 1.0,
+    };
+    assert_eq!(
+        h.data_ev(1, DataEvent::Finished(stats)),
+        vec![
+            to_client("421 Service shutting down; closing control connection.\r\n"),
+            Action::Close
+        ]
+    );
+    assert_eq!(h.ended.len(), 1);
+    assert!(h.ended[0].ok, "the transfer completed");
+    assert!(h.s.is_finished());
+}
+
+#[test]
+fn on_shutdown_a_transfer_past_the_grace_is_cut_with_421() {
+    let mut h = transferring(b"RETR huge\r\n");
+    let grace = Duration::from_secs(30);
+    let deadline = h.now + grace;
+    h.ev(Event::Shutdown { deadline });
+    assert!(h.advance(grace - Duration::from_secs(1)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(
+        out,
+        vec![
+            to_client("421 Service shutting down; closing control connection.\r\n"),
+            Action::Close
+        ]
+    );
+    assert_eq!(h.data.cancelled, vec![1], "the channel is stopped");
+    assert_eq!(h.ended.len(), 1);
+    assert!(!h.ended[0].ok);
 }

@@ -1,0 +1,276 @@
+//! One gateway entry (`gateways[]`): the raw schema, its defaults, and its resolution
+//! into a checked [`GatewayConfig`], each check naming its key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{ClientSource, Net, PortRange, RelayMode, ServerMode, SideConfig, TlsPolicy, Upstream};
+
+/// A gateway entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    name: String,
+    listen: SocketAddr,
+    upstream: Upstream,
+    #[serde(default)]
+    client_side: Option<SideConfig>,
+    server_side: SideConfig,
+    #[serde(default = "default_data_ports")]
+    data_ports: PortRange,
+    #[serde(default)]
+    server_mode: ServerMode,
+    #[serde(default)]
+    client_source: Option<ClientSource>,
+    #[serde(default)]
+    allow_clients: Option<Vec<Net>>,
+    #[serde(default)]
+    deny_servers: Option<Vec<Net>>,
+    #[serde(default)]
+    allow_servers: Vec<Net>,
+    #[serde(default)]
+    allow_server_ports: Option<Vec<u16>>,
+    #[serde(default)]
+    tls: TlsPolicy,
+    #[serde(default)]
+    allow_privileged_ports: bool,
+    #[serde(default)]
+    relay: RelayMode,
+    #[serde(default)]
+    nat64_prefix: Option<Net>,
+}
+
+fn default_data_ports() -> PortRange {
+    PortRange {
+        first: 40000,
+        last: 40999,
+    }
+}
+
+/// Server ports an explicit-proxy client may name unless `allow_server_ports` says
+/// otherwise: the proxy is not a tunnel to SMTP or SSH.
+pub const DEFAULT_SERVER_PORTS: &[u16] = &[21];
+
+/// Upstreams never dialled unless `deny_servers` says otherwise: no pivot into the
+/// gateway itself, link-local or multicast space.
+pub const DEFAULT_DENY_SERVERS: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/3",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// One listening socket and how its sessions are handled, with every default resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayConfig {
+    /// Label in logs and metrics.
+    pub name: String,
+    /// Where control connections arrive.
+    pub listen: SocketAddr,
+    /// How the server is found.
+    pub upstream: Upstream,
+    /// Addresses toward clients.
+    pub client_side: SideConfig,
+    /// Addresses toward servers.
+    pub server_side: SideConfig,
+    /// Ports for data listeners.
+    pub data_ports: PortRange,
+    /// How data connections toward the server are opened.
+    pub server_mode: ServerMode,
+    /// Source of active-mode data connections toward clients.
+    pub client_source: ClientSource,
+    /// Control connections from elsewhere are refused; empty means from anywhere.
+    pub allow_clients: Vec<Net>,
+    /// Upstreams never dialled (transparent and explicit roles).
+    pub deny_servers: Vec<Net>,
+    /// Upstreams dialled although `deny_servers` or the gateway's own addresses would refuse
+    /// them: the operator's explicit exceptions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_servers: Vec<Net>,
+    /// Explicit role: the server ports a client may name in `USER name@host:port`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_server_ports: Vec<u16>,
+    /// `AUTH` policy.
+    pub tls: TlsPolicy,
+    /// Accept data ports below 1024 from clients and servers (for a legacy peer); off by
+    /// default, logged at start-up when on.
+    pub allow_privileged_ports: bool,
+    /// How data bytes are relayed.
+    pub relay: RelayMode,
+    /// Transparent role behind a NAT64 (RFC 6146): IPv6 destinations in this /96 (such as
+    /// `64:ff9b::/96`) embed the IPv4 server to connect to (RFC 6052).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat64_prefix: Option<Net>,
+}
+
+impl GatewayConfig {
+    /// The IPv4 server a NAT64-synthesized destination stands for, if `nat64_prefix`
+    /// covers it.
+    pub fn nat64_server(&self, dst: IpAddr) -> Option<IpAddr> {
+        let prefix = self.nat64_prefix?;
+        match dst {
+            IpAddr::V6(v6) if prefix.contains(dst) => {
+                let o = v6.octets();
+                Some(IpAddr::from([o[12], o[13], o[14], o[15]]))
+            }
+            _ => None,
+        }
+    }
+
+    /// The address written into `227`/`229` replies to clients.
+    pub fn client_announce(&self) -> IpAddr {
+        self.client_side
+            .announce
+            .unwrap_or(self.client_side.address)
+    }
+
+    /// The address written into `PORT`/`EPRT` commands to servers.
+    pub fn server_announce(&self) -> IpAddr {
+        self.server_side
+            .announce
+            .unwrap_or(self.server_side.address)
+    }
+
+    /// Whether a control connection from `ip` is allowed.
+    pub fn client_allowed(&self, ip: IpAddr) -> bool {
+        self.allow_clients.is_empty() || self.allow_clients.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether `ip` is one of the operator's exceptions in `allow_servers`.
+    pub fn server_excepted(&self, ip: IpAddr) -> bool {
+        self.allow_servers.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether dialling the server `ip` is allowed by `deny_servers` (transparent and
+    /// explicit roles); `allow_servers` overrides it.
+    pub fn server_allowed(&self, ip: IpAddr) -> bool {
+        self.server_excepted(ip) || !self.deny_servers.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// The checked gateway of entry `g`; errors carry the key path `key` makes and what was
+/// expected.
+pub(super) fn resolve_gateway(
+    g: RawGateway,
+    key: &dyn Fn(&str) -> String,
+) -> Result<GatewayConfig, (String, String)> {
+    if g.name.trim().is_empty() {
+        return Err((key("name"), "must not be empty".into()));
+    }
+    let client_side = client_side_of(&g, key)?;
+    for (name, side) in [
+        ("client_side", &client_side),
+        ("server_side", &g.server_side),
+    ] {
+        let announce = side.announce.unwrap_or(side.address);
+        if announce.is_unspecified() {
+            return Err((
+                key(&format!("{name}.announce")),
+                format!(
+                    "{announce} cannot be announced to a peer; set {name}.announce to a reachable address"
+                ),
+            ));
+        }
+    }
+    if let Some(problem) = g.nat64_prefix.and_then(|p| nat64_problem(p, &g)) {
+        return Err((key("nat64_prefix"), problem));
+    }
+    let client_source = g.client_source.unwrap_or(match g.upstream {
+        Upstream::Transparent if g.nat64_prefix.is_none() => ClientSource::Server,
+        _ => ClientSource::Gateway,
+    });
+    if client_source == ClientSource::Server && g.upstream != Upstream::Transparent {
+        return Err((
+            key("client_source"),
+            "`server` needs upstream: transparent (the router must own the server's route)".into(),
+        ));
+    }
+    let allow_server_ports = server_ports_of(&g).map_err(|e| (key("allow_server_ports"), e))?;
+    let deny_servers = match g.deny_servers {
+        Some(list) => list,
+        None => DEFAULT_DENY_SERVERS
+            .iter()
+            .map(|s| Net::try_from((*s).to_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| (key("deny_servers"), e))?,
+    };
+    Ok(GatewayConfig {
+        name: g.name,
+        listen: g.listen,
+        upstream: g.upstream,
+        client_side,
+        server_side: g.server_side,
+        data_ports: g.data_ports,
+        server_mode: g.server_mode,
+        client_source,
+        allow_clients: g.allow_clients.unwrap_or_default(),
+        deny_servers,
+        allow_servers: g.allow_servers,
+        allow_server_ports,
+        tls: g.tls,
+        allow_privileged_ports: g.allow_privileged_ports,
+        relay: g.relay,
+        nat64_prefix: g.nat64_prefix,
+    })
+}
+
+/// The client side: as written, or the listen address when that is not a wildcard.
+fn client_side_of(
+    g: &RawGateway,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SideConfig, (String, String)> {
+    match g.client_side {
+        Some(side) => Ok(side),
+        None if g.listen.ip().is_unspecified() => Err((
+            key("client_side.address"),
+            format!("required when listen is {} (a wildcard)", g.listen.ip()),
+        )),
+        None => Ok(SideConfig {
+            address: g.listen.ip(),
+            announce: None,
+        }),
+    }
+}
+
+/// What is wrong with `nat64_prefix` for this entry, if anything.
+fn nat64_problem(prefix: Net, g: &RawGateway) -> Option<String> {
+    if !matches!(prefix.0, IpNet::V6(net) if net.prefix_len() == 96) {
+        return Some(format!(
+            "{} is not an IPv6 /96 prefix such as 64:ff9b::/96",
+            prefix.0
+        ));
+    }
+    if g.upstream != Upstream::Transparent {
+        return Some("needs upstream: transparent".to_owned());
+    }
+    if !g.server_side.address.is_ipv4() {
+        return Some("needs an IPv4 server_side.address (the servers are IPv4)".to_owned());
+    }
+    (g.client_source == Some(ClientSource::Server)).then(|| {
+        "cannot be combined with client_source: server (an IPv4 server address \
+         cannot be the source toward IPv6 clients); use gateway"
+            .to_owned()
+    })
+}
+
+/// `allow_server_ports`: for the explicit role (default [`DEFAULT_SERVER_PORTS`]) only.
+fn server_ports_of(g: &RawGateway) -> Result<Vec<u16>, String> {
+    match (&g.upstream, &g.allow_server_ports) {
+        (Upstream::Explicit, None) => Ok(DEFAULT_SERVER_PORTS.to_vec()),
+        (Upstream::Explicit, Some(ports)) if ports.is_empty() || ports.contains(&0) => {
+            Err("expected a list of ports from 1 to 65535".into())
+        }
+        (Upstream::Explicit, Some(ports)) => Ok(ports.clone()),
+        (_, None) => Ok(Vec::new()),
+        (_, Some(_)) => Err(
+            "applies to upstream: \"user@host\" only (the other roles do not let clients choose the port)"
+                .into(),
+        ),
+    }
+}

@@ -1,0 +1,251 @@
+//! Values with a syntax of their own (upstreams, port ranges, networks, durations),
+//! parsed while deserializing so that a bad one is reported with its key path, line and
+//! column; and the small enumerations of a gateway entry.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Deserializes values written as text through their `TryFrom<String>`, inside the field's
+/// own deserializer, so that an error carries the field's key path and position.
+struct TextVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: TryFrom<String, Error = String>> serde::de::Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        T::try_from(v.to_owned()).map_err(E::custom)
+    }
+}
+
+macro_rules! deserialize_from_text {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(TextVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+
+deserialize_from_text!(Upstream, PortRange, Net, HumanDuration);
+
+/// How a gateway finds the server for a control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum Upstream {
+    /// The connection's original destination (nftables REDIRECT or TPROXY).
+    Transparent,
+    /// Explicit proxy: the client logs in as `USER name@host[:port]`.
+    Explicit,
+    /// Publish one server: every connection goes to this host and port.
+    Fixed {
+        /// Host name or address literal.
+        host: String,
+        /// Control port.
+        port: u16,
+    },
+}
+
+impl TryFrom<String> for Upstream {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "transparent" => return Ok(Self::Transparent),
+            "user@host" => return Ok(Self::Explicit),
+            _ => {}
+        }
+        let expected =
+            || format!("expected transparent, \"user@host\" or \"HOST:PORT\", found {s:?}");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, port) = rest.split_once("]:").ok_or_else(expected)?;
+            host.parse::<std::net::Ipv6Addr>().map_err(|_| expected())?;
+            (host, port)
+        } else {
+            let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
+            if host.is_empty() || host.contains(':') {
+                return Err(expected());
+            }
+            (host, port)
+        };
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(expected)?;
+        Ok(Self::Fixed {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl From<Upstream> for String {
+    fn from(u: Upstream) -> String {
+        u.to_string()
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Transparent => f.write_str("transparent"),
+            Self::Explicit => f.write_str("user@host"),
+            Self::Fixed { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Fixed { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// An inclusive range of TCP ports, written `first-last` (or a single port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port, inclusive.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn count(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    /// Whether two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let expected = || format!("expected a port range like \"40000-40999\", found {s:?}");
+        let (a, b) = s.split_once('-').unwrap_or((&s, &s));
+        let first: u16 = a.trim().parse().map_err(|_| expected())?;
+        let last: u16 = b.trim().parse().map_err(|_| expected())?;
+        if first == 0 || last < first {
+            return Err(expected());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        format!("{}-{}", r.first, r.last)
+    }
+}
+
+/// A network in CIDR notation; a bare address means just that address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Net(pub IpNet);
+
+impl Net {
+    /// Whether `ip` (IPv4-mapped IPv6 counts as IPv4) lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl TryFrom<String> for Net {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map(Net)
+            .map_err(|_| format!("expected an address or network like \"10.0.0.0/8\", found {s:?}"))
+    }
+}
+
+impl From<Net> for String {
+    fn from(n: Net) -> String {
+        n.0.to_string()
+    }
+}
+
+/// A duration written like `30s`, `15m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| format!("expected a duration like \"30s\" or \"15m\", found {s:?}: {e}"))
+    }
+}
+
+impl From<HumanDuration> for String {
+    fn from(d: HumanDuration) -> String {
+        humantime::format_duration(d.0).to_string()
+    }
+}
+
+/// How ftpgate opens data connections toward the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerMode {
+    /// The same mode the client chose.
+    #[default]
+    Same,
+    /// Always passive toward the server.
+    Passive,
+    /// Always active toward the server.
+    Active,
+}
+
+/// The source address of active-mode data connections toward clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientSource {
+    /// The server's own address, bound with `IP_TRANSPARENT`.
+    Server,
+    /// `client_side.address`.
+    Gateway,
+}
+
+/// What to do with `AUTH TLS`/`AUTH SSL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Answer the client with a refusal so that it falls back to plain FTP or stops.
+    #[default]
+    Refuse,
+    /// Relay the encrypted control channel blindly.
+    Passthrough,
+}
+
+/// How data-connection bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// `splice(2)` through a pipe: bytes stay in the kernel (Linux; elsewhere `copy`).
+    #[default]
+    Splice,
+    /// Read into a buffer and write it out: portable.
+    Copy,
+}
+
+/// Addresses of one side of a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideConfig {
+    /// Data listeners for this side bind here; connections toward this side start here.
+    pub address: IpAddr,
+    /// Written into replies/commands for this side's peer (default: `address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<IpAddr>,
+}

@@ -1,0 +1,277 @@
+//! The connection driver: the one place that owns a session's sockets and its state
+//! machine. [`Connection::next_event`] turns socket readiness, data-channel events, the
+//! session's deadline and the shutdown signal into one [`Event`];
+//! [`Connection::perform`] carries out the [`Action`]s the session returns. Nothing is
+//! decided here.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::Entry;
+use crate::plan::{ChannelId, DataEvent};
+use crate::session::{
+    Action, Event, Session, SessionLimits, SessionParams, SideAddrs, UpstreamKind,
+};
+use crate::telemetry;
+
+use super::channels::ChannelTasks;
+use super::upstream::{connect_upstream, Target};
+use super::GatewayContext;
+
+/// Read buffer of the control connections (one for both directions).
+const CONTROL_BUFFER: usize = 4096;
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
+
+/// One control session: the client's connection, the server's, the data channels and
+/// the session that decides.
+pub(super) struct Connection {
+    ctx: Arc<GatewayContext>,
+    session: Session,
+    client_rd: OwnedReadHalf,
+    client_wr: OwnedWriteHalf,
+    client_open: bool,
+    server: Option<(OwnedReadHalf, OwnedWriteHalf)>,
+    connecting: Option<Connecting>,
+    channels: ChannelTasks,
+    channel_events: mpsc::UnboundedReceiver<(ChannelId, DataEvent)>,
+    shutdown: watch::Receiver<Option<Instant>>,
+    /// Events that performing actions produced (a channel opened, a peer lost).
+    ready: VecDeque<Event>,
+    buf: [u8; CONTROL_BUFFER],
+}
+
+impl Connection {
+    /// A session for `client` (from `peer`), whose server is `target` (`None` in the
+    /// explicit role, where the client names it).
+    pub fn new(
+        ctx: Arc<GatewayContext>,
+        client: TcpStream,
+        peer: SocketAddr,
+        target: Option<Target>,
+        entry: Entry,
+    ) -> Self {
+        let cfg = &ctx.cfg;
+        let _ = client.set_nodelay(true);
+        let session = Session::new(
+            SessionParams {
+                upstream: if target.is_some() {
+                    UpstreamKind::Fixed
+                } else {
+                    UpstreamKind::Explicit
+                },
+                client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                client_side: SideAddrs {
+                    address: cfg.client_side.address,
+                    announce: cfg.client_announce(),
+                },
+                server_side: SideAddrs {
+                    address: cfg.server_side.address,
+                    announce: cfg.server_announce(),
+                },
+                client_source: cfg.client_source,
+                tls: cfg.tls,
+                limits: SessionLimits::from_config(&ctx.limits),
+                allow_server_ports: cfg.allow_server_ports.clone(),
+                allow_privileged_ports: cfg.allow_privileged_ports,
+                server_mode: cfg.server_mode,
+            },
+            Instant::now(),
+        );
+        let (events_tx, channel_events) = mpsc::unbounded_channel();
+        let from = cfg.server_side.address;
+        let connecting = target.map(|t| Box::pin(connect_upstream(t, from, None)) as Connecting);
+        let (client_rd, client_wr) = client.into_split();
+        Self {
+            channels: ChannelTasks::new(Arc::clone(&ctx), events_tx, entry),
+            shutdown: ctx.shutdown.clone(),
+            ctx,
+            session,
+            client_rd,
+            client_wr,
+            client_open: true,
+            server: None,
+            connecting,
+            channel_events,
+            ready: VecDeque::new(),
+            buf: [0; CONTROL_BUFFER],
+        }
+    }
+
+    /// Runs the session to its end; returns why it ended abnormally, if it did.
+    pub async fn run(mut self) -> Option<String> {
+        let mut actions = self.session.start();
+        loop {
+            self.perform(actions).await;
+            if self.session.is_finished() {
+                return self.session.failure().map(str::to_owned);
+            }
+            let event = self.next_event().await;
+            actions = self.session.handle(Instant::now(), event);
+        }
+    }
+
+    /// The next thing that happened.
+    async fn next_event(&mut self) -> Event {
+        if let Some(event) = self.ready.pop_front() {
+            return event;
+        }
+        loop {
+            let deadline = self.session.poll_timeout();
+            tokio::select! {
+                r = self.client_rd.readable(), if self.client_open => {
+                    match r.and_then(|()| self.client_rd.try_read(&mut self.buf)) {
+                        Ok(0) => {
+                            self.client_open = false;
+                            return Event::ClientClosed;
+                        }
+                        Ok(n) => return Event::ClientData(self.buf[..n].to_vec()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => {
+                            self.client_open = false;
+                            return Event::ClientClosed;
+                        }
+                    }
+                }
+                r = server_readable(&self.server), if self.server.is_some() => {
+                    match r.and_then(|rd| rd.try_read(&mut self.buf)) {
+                        Ok(0) => {
+                            // Stop reading a closed connection; the session still answers
+                            // the client.
+                            self.server = None;
+                            return Event::ServerClosed;
+                        }
+                        Ok(n) => return Event::ServerData(self.buf[..n].to_vec()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => {
+                            self.server = None;
+                            return Event::ServerClosed;
+                        }
+                    }
+                }
+                r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => {
+                    self.connecting = None;
+                    return self.upstream(r);
+                }
+                Some((id, ev)) = self.channel_events.recv() => {
+                    self.channels.event(id, &ev);
+                    return Event::Data(id, ev);
+                }
+                Ok(()) = self.shutdown.changed() => {
+                    if let Some(deadline) = *self.shutdown.borrow_and_update() {
+                        return Event::Shutdown { deadline };
+                    }
+                }
+                () = sleep_until(deadline) => return Event::Timeout,
+            }
+        }
+    }
+
+    /// The upstream connection is up (or failed).
+    fn upstream(&mut self, result: Result<TcpStream, String>) -> Event {
+        let connected = result.and_then(|stream| {
+            let addr = stream.peer_addr().map_err(|e| e.to_string())?;
+            Ok((stream, addr))
+        });
+        match connected {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tracing::Span::current().record("server", tracing::field::display(addr));
+                self.channels.entry.server(addr);
+                tracing::info!("connected upstream");
+                self.server = Some(stream.into_split());
+                Event::UpstreamConnected(addr)
+            }
+            Err(why) => {
+                telemetry::upstream_connect_failed(&self.ctx.name);
+                Event::UpstreamFailed(why)
+            }
+        }
+    }
+
+    /// Carries out the session's actions, in order. A peer that cannot be written to is
+    /// gone: the session hears it as a close, so that it can answer the other side and
+    /// report every channel.
+    async fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::ToClient(bytes) if self.client_open => {
+                    if self.client_wr.write_all(&bytes).await.is_err() {
+                        self.client_open = false;
+                        self.ready.push_back(Event::ClientClosed);
+                    }
+                }
+                Action::ToClient(_) => {}
+                Action::ToServer(bytes) => self.write_server(&bytes).await,
+                Action::ConnectUpstream { host, port } => {
+                    let ctx = Arc::clone(&self.ctx);
+                    let from: IpAddr = ctx.cfg.server_side.address;
+                    self.connecting = Some(Box::pin(async move {
+                        connect_upstream(Target::Name(host, port), from, Some(&ctx)).await
+                    }));
+                }
+                Action::OpenChannel { id, plan } => {
+                    let result = self.channels.open(id, &plan);
+                    self.ready.push_back(Event::ChannelOpened { id, result });
+                }
+                Action::CancelChannel(id) => self.channels.cancel(id),
+                Action::ChannelEnded(end) => self.channels.ended(&end),
+                Action::Close => self.close().await,
+                Action::Refused(rule) => telemetry::refused(&self.ctx.name, rule),
+                Action::Rewrote(kind) => telemetry::rewrote(&self.ctx.name, kind.name()),
+            }
+        }
+    }
+
+    async fn write_server(&mut self, bytes: &[u8]) {
+        let Some((_, wr)) = &mut self.server else {
+            tracing::debug!("dropped server-bound bytes: no server connection");
+            return;
+        };
+        if wr.write_all(bytes).await.is_err() {
+            self.server = None;
+            self.ready.push_back(Event::ServerClosed);
+        }
+    }
+
+    /// The control connections end; data channels still finishing get their grace from
+    /// the session.
+    async fn close(&mut self) {
+        if self.client_open {
+            let _ = self.client_wr.shutdown().await;
+            self.client_open = false;
+        }
+        if let Some((_, mut wr)) = self.server.take() {
+            let _ = wr.shutdown().await;
+        }
+        self.connecting = None;
+    }
+}
+
+/// Waits until the server's control connection is readable; returns its read half.
+async fn server_readable(
+    server: &Option<(OwnedReadHalf, OwnedWriteHalf)>,
+) -> io::Result<&OwnedReadHalf> {
+    match server {
+        Some((rd, _)) => rd.readable().await.map(|()| rd),
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}

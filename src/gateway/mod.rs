@@ -1,0 +1,285 @@
+//! The async shell: the gateways' listening sockets, their configuration and reloads,
+//! and shutdown. Each accepted connection becomes a session run by one connection driver;
+//! the parts:
+//! - [`accept`]: the accept loop and admission (ACLs, limits, original destinations);
+//! - [`admission`]: session counts for the limits;
+//! - [`upstream`]: resolving and connecting to servers, and who may be dialled;
+//! - [`connection`]: the driver that owns a session's sockets and performs its actions;
+//! - [`channels`]: the shell side of a session's data channels.
+
+mod accept;
+mod admission;
+mod channels;
+mod connection;
+mod upstream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::Registry;
+use crate::config::{Config, GatewayConfig, Limits, Upstream};
+use crate::data::ports::PortPool;
+use crate::telemetry;
+
+use admission::Admission;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listening socket could not be bound.
+    #[error("gateway {name:?}: cannot listen on {addr}: {error}")]
+    Bind {
+        /// Gateway name.
+        name: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+/// What every session of one gateway shares.
+struct GatewayContext {
+    cfg: GatewayConfig,
+    name: Arc<str>,
+    limits: Limits,
+    pool: Arc<PortPool>,
+    admission: Arc<Admission>,
+    registry: Arc<Registry>,
+    listen_addr: SocketAddr,
+    /// `Some(deadline)` once the gateway shuts down; every session watches it.
+    shutdown: watch::Receiver<Option<Instant>>,
+    /// Held while any session (or accept loop) of the process lives: shutdown waits until
+    /// every clone is gone.
+    _alive: mpsc::Sender<()>,
+}
+
+/// A gateway that is serving: its accept loop, and the context new sessions start with.
+struct Serving {
+    /// The configured listen address (what a reload compares).
+    listen: SocketAddr,
+    ctx: Arc<ArcSwap<GatewayContext>>,
+    accept: JoinHandle<()>,
+}
+
+/// A gateway of a new configuration, checked and bound but not yet serving.
+enum Prepared {
+    /// Same name and listen address as the serving gateway at this index.
+    Keep(usize, GatewayContext),
+    /// A new listener.
+    Start(TcpListener, GatewayContext),
+}
+
+/// The configured gateways, serving.
+pub struct Gateways {
+    serving: Vec<Serving>,
+    admission: Arc<Admission>,
+    registry: Arc<Registry>,
+    shutdown: watch::Sender<Option<Instant>>,
+    alive: mpsc::Sender<()>,
+    all_gone: mpsc::Receiver<()>,
+}
+
+impl Gateways {
+    /// Binds every gateway's listening socket and starts accepting.
+    pub async fn start(config: &Config) -> Result<Self, GatewayError> {
+        telemetry::build_info();
+        accept::fill_reserve();
+        let (alive, all_gone) = mpsc::channel(1);
+        let mut gateways = Self {
+            serving: Vec::new(),
+            admission: Arc::new(Admission::default()),
+            registry: Arc::new(Registry::default()),
+            shutdown: watch::Sender::new(None),
+            alive,
+            all_gone,
+        };
+        let prepared = gateways.prepare(config)?;
+        gateways.commit(prepared);
+        Ok(gateways)
+    }
+
+    /// Applies a new configuration. New and moved listeners are bound first, so that any
+    /// failure leaves everything as it was; gateways that stay get the new settings for
+    /// their new sessions; removed ones stop accepting. Live sessions and transfers keep
+    /// the settings they started with. Returns once removed listeners are closed.
+    pub async fn reload(&mut self, config: &Config) -> Result<(), GatewayError> {
+        let prepared = self.prepare(config)?;
+        for gone in self.commit(prepared) {
+            gone.accept.abort();
+            // The listener closes when the aborted task is dropped.
+            let _ = gone.accept.await;
+            tracing::info!(gateway = %gone.ctx.load().name, "gateway removed; its open sessions continue");
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, config: &Config) -> Result<Vec<Prepared>, GatewayError> {
+        let mut prepared = Vec::new();
+        for g in &config.gateways {
+            let kept = self
+                .serving
+                .iter()
+                .position(|s| s.listen == g.listen && s.ctx.load().cfg.name == g.name);
+            let name: Arc<str> = Arc::from(g.name.as_str());
+            let transparent = g.upstream == Upstream::Transparent;
+            let context = |listen_addr, pool| GatewayContext {
+                cfg: g.clone(),
+                name: Arc::clone(&name),
+                limits: config.limits.clone(),
+                pool,
+                admission: Arc::clone(&self.admission),
+                registry: Arc::clone(&self.registry),
+                listen_addr,
+                shutdown: self.shutdown.subscribe(),
+                _alive: self.alive.clone(),
+            };
+            prepared.push(match kept {
+                Some(i) => {
+                    let old = self.serving[i].ctx.load();
+                    // Leases of live sessions stay valid: the pool survives if unchanged.
+                    let pool = if old.cfg.data_ports == g.data_ports
+                        && old.pool.transparent() == transparent
+                    {
+                        Arc::clone(&old.pool)
+                    } else {
+                        PortPool::new(Arc::clone(&name), g.data_ports, transparent)
+                    };
+                    Prepared::Keep(i, context(old.listen_addr, pool))
+                }
+                None => {
+                    let err = |error| GatewayError::Bind {
+                        name: g.name.clone(),
+                        addr: g.listen,
+                        error,
+                    };
+                    let listener = bind_control(g).map_err(err)?;
+                    let local = listener.local_addr().map_err(err)?;
+                    let pool = PortPool::new(Arc::clone(&name), g.data_ports, transparent);
+                    Prepared::Start(listener, context(local, pool))
+                }
+            });
+        }
+        Ok(prepared)
+    }
+
+    /// Installs the prepared gateways; returns the ones that are no longer configured.
+    fn commit(&mut self, prepared: Vec<Prepared>) -> Vec<Serving> {
+        let mut old: Vec<Option<Serving>> = self.serving.drain(..).map(Some).collect();
+        for p in prepared {
+            let (serving, what) = match p {
+                Prepared::Keep(i, ctx) => {
+                    let Some(serving) = old[i].take() else {
+                        continue;
+                    };
+                    serving.ctx.store(Arc::new(ctx));
+                    (serving, "gateway updated")
+                }
+                Prepared::Start(listener, ctx) => {
+                    telemetry::gateway_started(&ctx.name);
+                    let listen = ctx.cfg.listen;
+                    let ctx = Arc::new(ArcSwap::from_pointee(ctx));
+                    let accept = tokio::spawn(accept::accept_loop(listener, Arc::clone(&ctx)));
+                    (
+                        Serving {
+                            listen,
+                            ctx,
+                            accept,
+                        },
+                        "gateway listening",
+                    )
+                }
+            };
+            let ctx = serving.ctx.load();
+            tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, "{what}");
+            if ctx.cfg.allow_privileged_ports {
+                tracing::warn!(gateway = %ctx.name, "allow_privileged_ports is on: data ports below 1024 are accepted (DESIGN.md rule 4 relaxed)");
+            }
+            self.serving.push(serving);
+        }
+        old.into_iter().flatten().collect()
+    }
+
+    /// The bound control addresses, by gateway name (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.serving
+            .iter()
+            .map(|s| {
+                let ctx = s.ctx.load();
+                (ctx.cfg.name.clone(), ctx.listen_addr)
+            })
+            .collect()
+    }
+
+    /// The live sessions, for the admin socket.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Open control sessions, all gateways together.
+    pub fn active_sessions(&self) -> usize {
+        self.admission.active()
+    }
+
+    /// Stops accepting and tells every session to end: idle ones at once, those with a
+    /// transfer when it ends or at the end of `grace`. Returns when the last session is
+    /// gone (or a few seconds after the grace, should one not end).
+    pub async fn shutdown(self, grace: Duration) {
+        let Self {
+            serving,
+            admission,
+            shutdown,
+            alive,
+            mut all_gone,
+            ..
+        } = self;
+        for s in &serving {
+            s.accept.abort();
+        }
+        for s in serving {
+            let _ = s.accept.await;
+        }
+        let _ = shutdown.send(Some(Instant::now() + grace));
+        drop(alive);
+        // Every session holds its gateway's context, and with it a clone of `alive`.
+        let margin = Duration::from_secs(5);
+        if tokio::time::timeout(grace + margin, all_gone.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = admission.active(),
+                "sessions still open after the grace period; stopping"
+            );
+        }
+    }
+}
+
+fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(g.listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if g.listen.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if g.upstream == Upstream::Transparent {
+        // TPROXY delivers connections for foreign addresses only to transparent sockets.
+        if let Err(e) = crate::sys::set_transparent(&socket, g.listen.is_ipv6()) {
+            tracing::info!(gateway = %g.name, error = %e, "IP_TRANSPARENT unavailable: REDIRECT works, TPROXY does not");
+        }
+    }
+    socket.bind(&g.listen.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
