@@ -270,12 +270,9 @@ fn passive_reply_names_the_gateway_port() {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let pasv = lines.next().unwrap();
-    let nums: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
-        .split(',')
-        .map(|n| n.parse().unwrap())
-        .collect();
-    assert_eq!(&nums[..4], &[127, 0, 0, 1]);
-    let port = nums[4] * 256 + nums[5];
+    let announced = common::pasv_address(pasv);
+    assert_eq!(announced.ip().octets(), [127, 0, 0, 1]);
+    let port = announced.port();
     assert!((first..=last).contains(&port), "{pasv}");
     let epsv = lines.next().unwrap();
     let port: u16 = epsv

@@ -228,11 +228,7 @@ fn sigterm_tells_idle_clients_421_and_lets_transfers_end_with_226_first() {
     busy.login();
     busy.cmd("TYPE I");
     let pasv = busy.cmd("PASV");
-    let nums: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
-        .split(',')
-        .map(|n| n.parse().unwrap())
-        .collect();
-    let mut data = std::net::TcpStream::connect(local(nums[4] * 256 + nums[5])).unwrap();
+    let mut data = std::net::TcpStream::connect(local(common::pasv_address(&pasv).port())).unwrap();
     busy.writer.write_all(b"RETR big.bin\r\n").unwrap();
     assert!(busy.reply().starts_with('1'));
     // The client reads its data slowly, so that the transfer spans the shutdown.

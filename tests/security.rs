@@ -128,11 +128,7 @@ fn a_second_host_cannot_steal_an_announced_data_port() {
     c.login();
     c.cmd("TYPE I");
     let pasv = c.cmd("PASV");
-    let numbers: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
-        .split(',')
-        .map(|n| n.parse().unwrap())
-        .collect();
-    let data_port = numbers[4] * 256 + numbers[5];
+    let data_port = passive_port(&pasv);
 
     // The thief, from another address, is first.
     let thief = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -221,11 +217,7 @@ fn a_227_naming_another_host_is_dialled_at_the_servers_address() {
     c.login();
     let pasv = c.cmd("PASV");
     assert!(pasv.contains("(127,0,0,1,"), "{pasv}");
-    let announced: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
-        .split(',')
-        .map(|n| n.parse().unwrap())
-        .collect();
-    let _data = TcpStream::connect(local(announced[4] * 256 + announced[5])).unwrap();
+    let _data = TcpStream::connect(local(passive_port(&pasv))).unwrap();
     assert!(eventually(|| server_data.connections() == 1));
     assert_eq!(
         victim.connections(),
@@ -574,11 +566,7 @@ fn commands_pipelined_to_a_silent_server_keep_memory_flat() {
 
 /// The port of a `227` reply.
 fn passive_port(pasv: &str) -> u16 {
-    let numbers: Vec<u16> = pasv[pasv.find('(').unwrap() + 1..pasv.find(')').unwrap()]
-        .split(',')
-        .map(|n| n.parse().unwrap())
-        .collect();
-    numbers[4] * 256 + numbers[5]
+    common::pasv_address(pasv).port()
 }
 
 #[test]

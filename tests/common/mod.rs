@@ -339,6 +339,17 @@ impl Victim {
     }
 }
 
+/// The address a `227` reply announces (the numbers in its parentheses).
+pub fn pasv_address(reply: &str) -> std::net::SocketAddrV4 {
+    let (open, close) = (reply.find('(').unwrap(), reply.find(')').unwrap());
+    let n: Vec<u16> = reply[open + 1..close]
+        .split(',')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let ip = std::net::Ipv4Addr::new(n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8);
+    std::net::SocketAddrV4::new(ip, n[4] * 256 + n[5])
+}
+
 /// `h1,h2,h3,h4,p1,p2` for an IPv4 socket address.
 pub fn port_arg(addr: SocketAddr) -> String {
     let SocketAddr::V4(v4) = addr else {

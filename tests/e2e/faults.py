@@ -24,9 +24,7 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -401,17 +399,7 @@ def main():
         suite.run()
     finally:
         topo.down()
-        failed = suite.results.count(False)
-        if failed or args.keep:
-            print("logs kept in", work)
-            for name in sorted(os.listdir(work)):
-                if name.endswith(".log") and failed:
-                    with open(os.path.join(work, name), errors="replace") as f:
-                        print("---- %s\n%s" % (name, f.read()[-2500:]))
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print("faults: %d passed, %d failed" % (suite.results.count(True), suite.results.count(False)))
-    sys.exit(0 if suite.results and all(suite.results) else 1)
+    sys.exit(lab.finish(work, suite.results, args.keep, "faults"))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,22 @@ class Topology:
             subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
 
 
+def finish(work, results, keep, name):
+    """The end of a lab run: on failure (or with --keep) the logs stay and their tails are
+    printed; the tally is printed; the exit status says whether every check passed."""
+    failed = results.count(False)
+    if failed or keep:
+        print("logs kept in", work)
+        for log in sorted(os.listdir(work)):
+            if log.endswith(".log") and failed:
+                with open(os.path.join(work, log), errors="replace") as f:
+                    print("---- %s\n%s" % (log, f.read()[-3000:]))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print("%s: %d passed, %d failed" % (name, results.count(True), failed))
+    return 0 if results and all(results) else 1
+
+
 def wait_port(topo, where, host, port, timeout=10):
     probe = ("import socket,sys\ntry:\n socket.create_connection((%r,%d),1)\n"
              "except OSError:\n sys.exit(1)" % (host, port))

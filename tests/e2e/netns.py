@@ -10,7 +10,6 @@ its expected outcome. The topology is described in lab.py.
 """
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -139,17 +138,7 @@ def main():
                         inet_server, text=lab.FORWARD_DROP_RULES)
     finally:
         topo.down()
-        failed = results.count(False)
-        if failed or args.keep:
-            print("logs kept in", work)
-            for name in sorted(os.listdir(work)):
-                if name.endswith(".log") and failed:
-                    with open(os.path.join(work, name), errors="replace") as f:
-                        print("---- %s\n%s" % (name, f.read()[-3000:]))
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print("netns: %d passed, %d failed" % (results.count(True), results.count(False)))
-    sys.exit(0 if results and all(results) else 1)
+    sys.exit(lab.finish(work, results, args.keep, "netns"))
 
 
 if __name__ == "__main__":
