@@ -402,14 +402,17 @@ class Matrix:
         big = 48 * 1024 * 1024
         for s in (doomed, healthy):
             s.big_sha = s.add_file("big.bin", big)
+        # The killed server must still be sending when it dies: socket buffers autotune up
+        # to tcp_rmem's maximum (32 MiB here), so its file is far larger than they hold.
+        doomed.add_file("huge.bin", 256 * 1024 * 1024)
         config = os.path.join(topo.work, "faults.yaml")
         with open(config, "w") as f:
             f.write(FAULTS_CONFIG)
         gw = lab.Ftpgate(topo, self.binary, config, "faults", "10.0.0.1:2121")
 
-        def download(server, name, mode_args, rate="8M"):
+        def download(server, name, mode_args, rate="8M", remote="big.bin"):
             out = os.path.join(topo.work, name)
-            url = "ftp://anonymous%%40203.0.113.10%%3A%d:x@10.0.0.1:2121/big.bin" % server.port
+            url = "ftp://anonymous%%40203.0.113.10%%3A%d:x@10.0.0.1:2121/%s" % (server.port, remote)
             p = topo.spawn("lan", ["curl", "-sS", "--limit-rate", rate, "--max-time", "60",
                                    "-o", out] + mode_args + [url], name + ".log")
             return p, out
@@ -419,10 +422,10 @@ class Matrix:
         url = "ftp://anonymous%40203.0.113.10%3A2200:x@10.0.0.1:2121/upload/fault-up.bin"
         upload = topo.spawn("lan", ["curl", "-sS", "--limit-rate", "8M", "--max-time", "60",
                                     "-T", up_src, url], "fault-up.log")
-        # Slow enough that the server is still sending when it is killed (socket buffers
-        # and pipes hold some 20 MiB); a server that had sent everything and its 226 would
-        # rightly see its transfer delivered.
-        victim_server, _ = download(doomed, "fault-server-killed.bin", ["--ftp-pasv"], "1M")
+        # A server that had handed its whole file to the kernel and sent its 226 before
+        # dying would rightly see its transfer delivered: this one is mid-file.
+        victim_server, _ = download(doomed, "fault-server-killed.bin", ["--ftp-pasv"], "1M",
+                                    "huge.bin")
         victim_client, _ = download(healthy, "fault-client-killed.bin", ["--ftp-port", "10.0.0.2"])
         survivors = [download(healthy, "fault-ok-%d.bin" % i, m) for i, m in
                      enumerate((["--ftp-pasv"], ["--ftp-port", "10.0.0.2"],
