@@ -119,6 +119,8 @@ impl Shell {
                         Ok(Ports {
                             client: plan.client.accepts().then_some(50000),
                             server: plan.server.accepts().then_some(50001),
+                            // Every other channel runs on the kernel path (ungated).
+                            kernel: self.plans.len() % 2 == 0,
                         })
                     };
                     next = Some(Event::ChannelOpened { id: *id, result });
@@ -220,6 +222,7 @@ fn event_of(kind: u8, bytes: &[u8], now: &mut Instant, s: &Session) -> Option<Ev
                     to_server: 1,
                     to_client: 2,
                     seconds: 0.5,
+                    counted: true,
                 }),
                 _ => DataEvent::Failed("fuzz".into()),
             },

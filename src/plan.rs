@@ -79,13 +79,16 @@ impl DataPlan {
     }
 }
 
-/// The listening ports of an opened channel, one per [`Endpoint::Accept`] end.
+/// The announced ports of an opened channel, one per [`Endpoint::Accept`] end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ports {
     /// The port the client connects to.
     pub client: Option<u16>,
     /// The port the server connects to.
     pub server: Option<u16>,
+    /// The kernel carries the channel (`relay: kernel`): it joins the two ends itself, so
+    /// no reply needs to wait for the connection to the client.
+    pub kernel: bool,
 }
 
 /// Why a data channel could not be opened.
@@ -128,6 +131,9 @@ pub struct DataStats {
     pub to_client: u64,
     /// From the peer's arrival to the end of the relay.
     pub seconds: f64,
+    /// Whether the byte counts are exact (the kernel path cannot always tell; then they
+    /// are zero and the log says `bytes=unknown`).
+    pub counted: bool,
 }
 
 impl Eq for DataStats {}
@@ -161,6 +167,8 @@ pub struct ChannelEnd {
     /// Whether the channel did its work: its connections ended cleanly and the server
     /// answered its transfer command with success.
     pub ok: bool,
+    /// The kernel carried it (`relay: kernel`); otherwise ftpgate's relay did.
+    pub kernel: bool,
     /// The transfer it served, if it served one.
     pub transfer: Option<TransferRecord>,
 }

@@ -40,7 +40,7 @@ const SETUP_BUCKETS: [f64; 17] = [
 ];
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, RelayMode};
 use crate::rules::Rule;
 
 /// Why telemetry could not start.
@@ -164,9 +164,9 @@ pub fn refused(gateway: &str, rule: Rule) {
 }
 
 /// A data channel ended; `mode` is `active` or `passive`.
-pub fn data_channel_done(gateway: &str, mode: &'static str, ok: bool) {
+pub fn data_channel_done(gateway: &str, mode: &'static str, path: &'static str, ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
-    metrics::counter!(DATA_CHANNELS_TOTAL, "gateway" => gateway.to_owned(), "mode" => mode, "outcome" => outcome)
+    metrics::counter!(DATA_CHANNELS_TOTAL, "gateway" => gateway.to_owned(), "mode" => mode, "path" => path, "outcome" => outcome)
         .increment(1);
 }
 
@@ -222,9 +222,11 @@ pub fn gateway_started(gateway: &str) {
         metrics::counter!(REFUSALS_TOTAL, "gateway" => g(), "reason" => rule.name()).increment(0);
     }
     for mode in ["active", "passive"] {
-        for outcome in ["ok", "failed"] {
-            metrics::counter!(DATA_CHANNELS_TOTAL, "gateway" => g(), "mode" => mode, "outcome" => outcome)
-                .increment(0);
+        for path in [RelayMode::Kernel, RelayMode::Splice, RelayMode::Copy] {
+            for outcome in ["ok", "failed"] {
+                metrics::counter!(DATA_CHANNELS_TOTAL, "gateway" => g(), "mode" => mode, "path" => path.name(), "outcome" => outcome)
+                    .increment(0);
+            }
         }
     }
     for kind in ["PORT", "EPRT", "227", "229"] {

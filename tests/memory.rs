@@ -93,6 +93,7 @@ impl Metered {
                     let ports = Ports {
                         client: plan.client.accepts().then_some(50000),
                         server: plan.server.accepts().then_some(50001),
+                        kernel: false,
                     };
                     next = Some(Event::ChannelOpened {
                         id,
@@ -264,7 +265,7 @@ proptest! {
                 Step::Data(id, e) => m.feed(|| Event::Data(id, match e {
                     0 => DataEvent::Established,
                     1 => DataEvent::ServerToClientDone,
-                    2 => DataEvent::Finished(DataStats { to_server: 1, to_client: 2, seconds: 0.1 }),
+                    2 => DataEvent::Finished(DataStats { to_server: 1, to_client: 2, seconds: 0.1, counted: true }),
                     _ => DataEvent::Failed("gone".into()),
                 })),
                 Step::Wait(s) => {

@@ -7,7 +7,10 @@
 //!   sessions per role; a server and a client killed mid-transfer;
 //! - `faults.py`: peer death in each direction and mode, data-port and file-descriptor
 //!   exhaustion and recovery, a churn soak, reloads under load, loss and delay
-//!   (`FTPGATE_FAULTS_LONG=1` makes the soak five minutes).
+//!   (`FTPGATE_FAULTS_LONG=1` makes the soak five minutes);
+//! - `kernel_path.py`: `relay: kernel`'s security rules against a server that accepts any
+//!   data connection, the bytes bypassing ftpgate (CPU, `conntrack -L`, exact logs),
+//!   short active listings, and start-up without CAP_NET_ADMIN.
 //!
 //! Needs root. Without root each test is skipped with a loud message, except under CI
 //! (`CI` set), where a skip would hide missing coverage and so fails instead.
@@ -57,4 +60,9 @@ fn interop_matrix_with_kernel_helper() {
 #[test]
 fn faults_end_to_end() {
     run_lab("faults.py");
+}
+
+#[test]
+fn kernel_data_path() {
+    run_lab("kernel_path.py");
 }

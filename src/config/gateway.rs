@@ -192,6 +192,21 @@ pub(super) fn resolve_gateway(
         ));
     }
     let allow_server_ports = server_ports_of(&g).map_err(|e| (key("allow_server_ports"), e))?;
+    if g.relay == RelayMode::Kernel {
+        for (name, side) in [
+            ("client_side", &client_side),
+            ("server_side", &g.server_side),
+        ] {
+            if side.address.is_unspecified() {
+                return Err((
+                    key(&format!("{name}.address")),
+                    "relay: kernel needs a concrete address: the kernel maps data \
+                     connections from and to it"
+                        .into(),
+                ));
+            }
+        }
+    }
     let deny_servers = match g.deny_servers {
         Some(list) => list,
         None => DEFAULT_DENY_SERVERS

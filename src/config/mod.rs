@@ -75,8 +75,36 @@ pub struct Config {
     /// Local admin socket for `ftpgate sessions`; absent means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
+    /// The kernel data path's nftables settings (used by `relay: kernel` gateways).
+    pub kernel: KernelConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The kernel data path's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// The conntrack mark of the flows the kernel path forwards, in the high 16 bits
+    /// (ftpgate matches `ct mark and 0xffff0000`): the operator's forward chain accepts
+    /// them with one rule.
+    pub mark: u32,
+    /// The NFLOG group that reports those flows' start and end to ftpgate.
+    pub log_group: u16,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            mark: 0x4647_0000,
+            log_group: 4647,
+        }
+    }
+}
+
+impl KernelConfig {
+    /// The part of the conntrack mark ftpgate owns.
+    pub const MASK: u32 = 0xffff_0000;
 }
 
 /// The local admin socket.
@@ -97,6 +125,8 @@ struct RawConfig {
     metrics: Option<MetricsConfig>,
     #[serde(default)]
     admin: Option<AdminConfig>,
+    #[serde(default)]
+    kernel: KernelConfig,
     #[serde(default)]
     log: LogConfig,
 }
@@ -194,12 +224,19 @@ impl Config {
             )));
         }
         raw.limits.check().map_err(invalid)?;
+        if raw.kernel.mark == 0 || raw.kernel.mark & !KernelConfig::MASK != 0 {
+            return Err(invalid((
+                "kernel.mark".into(),
+                "expected a non-zero mark in the high 16 bits, such as 0x46470000".into(),
+            )));
+        }
         let gateways = resolve_gateways(raw.gateways).map_err(invalid)?;
         Ok(Config {
             gateways,
             limits: raw.limits,
             metrics: raw.metrics,
             admin: raw.admin,
+            kernel: raw.kernel,
             log: raw.log,
         })
     }

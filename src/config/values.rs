@@ -237,6 +237,20 @@ pub enum RelayMode {
     Splice,
     /// Read into a buffer and write it out: portable.
     Copy,
+    /// nftables forwards the data connection (DNAT/SNAT per announced port); ftpgate
+    /// never touches its bytes. Channels the kernel cannot carry use `splice`.
+    Kernel,
+}
+
+impl RelayMode {
+    /// The name in metrics and logs (`path=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayMode::Splice => "splice",
+            RelayMode::Copy => "copy",
+            RelayMode::Kernel => "kernel",
+        }
+    }
 }
 
 /// Addresses of one side of a gateway.

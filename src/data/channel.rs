@@ -138,6 +138,7 @@ async fn establish_and_relay(
         to_server,
         to_client,
         seconds: established.elapsed().as_secs_f64(),
+        counted: true,
     })
 }
 

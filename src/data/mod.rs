@@ -2,6 +2,7 @@
 //! peer, dialling the other end, and relaying bytes with half-close and byte counts.
 
 pub mod channel;
+pub mod kernel;
 pub mod ports;
 #[cfg(target_os = "linux")]
 pub mod splice;

@@ -56,6 +56,18 @@ impl Drop for PortLease {
     }
 }
 
+/// Where a new pool starts handing out ports: anywhere, so that a restarted ftpgate does
+/// not announce the same ports as before, whose 4-tuples may still be in TIME_WAIT at the
+/// peers (a server dialling from port 20 could not reuse them), and so that the first
+/// ports are not predictable.
+fn random_start(size: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    usize::try_from(random % size.max(1) as u64).unwrap_or(0)
+}
+
 impl PortPool {
     /// A pool over `range`. With `transparent`, listeners get `IP_TRANSPARENT` when the
     /// process may set it, so that TPROXY can deliver redirected data connections to them.
@@ -67,7 +79,7 @@ impl PortPool {
             transparent,
             state: Mutex::new(PoolState {
                 in_use: vec![false; range.count()],
-                next: 0,
+                next: random_start(range.count()),
                 leased: 0,
             }),
         })
@@ -112,6 +124,11 @@ impl PortPool {
             }
         }
         None
+    }
+
+    /// The next free port of the pool, without a listener (the kernel data path maps it).
+    pub fn lease(self: &Arc<Self>) -> Result<PortLease, DataOpenError> {
+        self.take_free(&mut 0).ok_or(DataOpenError::Exhausted)
     }
 
     /// Binds a listener on `ip` at the next free port of the pool, skipping ports that

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -12,7 +13,10 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::admin::Entry;
+use crate::config::{RelayMode, Upstream};
 use crate::data::channel::{self, ChannelContext, Listeners, Listening};
+use crate::data::kernel::{KernelChannel, KernelPath, Mapping};
+use crate::data::ports::PortLease;
 use crate::plan::{
     ChannelEnd, ChannelId, DataEvent, DataOpenError, DataPlan, Endpoint, Ports, TransferRecord,
 };
@@ -24,9 +28,32 @@ use super::GatewayContext;
 pub(super) struct ChannelTasks {
     ctx: Arc<GatewayContext>,
     channel_ctx: ChannelContext,
-    tasks: HashMap<ChannelId, AbortHandle>,
+    running: HashMap<ChannelId, Carrier>,
     /// The session's place in the live view.
     pub entry: Entry,
+}
+
+/// What moves a channel's bytes, while anything does.
+enum Carrier {
+    /// A task of ftpgate's (splice or copy).
+    Task(AbortHandle),
+    /// A mapping in ftpgate's nftables table, holding its announced port.
+    Kernel {
+        path: Arc<KernelPath>,
+        channel: KernelChannel,
+        _lease: PortLease,
+        opened: Instant,
+        mode: &'static str,
+    },
+}
+
+impl Carrier {
+    fn stop(self) {
+        match self {
+            Carrier::Task(task) => task.abort(),
+            Carrier::Kernel { path, channel, .. } => path.close(channel),
+        }
+    }
 }
 
 impl ChannelTasks {
@@ -40,12 +67,16 @@ impl ChannelTasks {
             gateway: Arc::clone(&ctx.name),
             timeout: ctx.limits.data_accept_timeout.0,
             events,
-            relay: ctx.cfg.relay,
+            // Channels the kernel cannot carry are spliced.
+            relay: match ctx.cfg.relay {
+                RelayMode::Kernel => RelayMode::Splice,
+                relay => relay,
+            },
         };
         Self {
             ctx,
             channel_ctx,
-            tasks: HashMap::new(),
+            running: HashMap::new(),
             entry,
         }
     }
@@ -61,42 +92,125 @@ impl ChannelTasks {
         Ok(Some(Listening { listener, lease }))
     }
 
-    /// Binds the listeners `plan` asks for and starts the channel; returns their ports.
+    /// Opens channel `id` as `plan` says, on the kernel path when the gateway has it and
+    /// the channel allows it, otherwise with listeners and a relay task; returns the
+    /// announced ports.
     pub fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
-        let client = self.listen(&plan.client)?;
-        let server = self.listen(&plan.server)?;
-        let ports = Ports {
-            client: client.as_ref().map(|l| l.lease.port()),
-            server: server.as_ref().map(|l| l.lease.port()),
+        let opened = match &self.ctx.kernel {
+            Some(kernel) => self.open_kernel(id, plan, Arc::clone(kernel))?,
+            None => None,
         };
-        let listeners = Listeners { client, server };
-        let task = tokio::spawn(
-            channel::run(id, listeners, plan.clone(), self.channel_ctx.clone())
-                .instrument(tracing::Span::current()),
-        );
-        self.tasks.insert(id, task.abort_handle());
+        let (ports, carrier) = match opened {
+            Some(opened) => opened,
+            None => self.open_task(id, plan)?,
+        };
+        self.running.insert(id, carrier);
         let shown = ports.client.or(ports.server).unwrap_or_default();
         self.entry.channel_opened(id, plan.label(), shown);
         tracing::debug!(channel = id, ?ports, ?plan, "data channel opened");
         Ok(ports)
     }
 
+    /// Binds the listeners `plan` asks for and starts its relay task.
+    fn open_task(
+        &mut self,
+        id: ChannelId,
+        plan: &DataPlan,
+    ) -> Result<(Ports, Carrier), DataOpenError> {
+        let client = self.listen(&plan.client)?;
+        let server = self.listen(&plan.server)?;
+        let ports = Ports {
+            client: client.as_ref().map(|l| l.lease.port()),
+            server: server.as_ref().map(|l| l.lease.port()),
+            kernel: false,
+        };
+        let listeners = Listeners { client, server };
+        let task = tokio::spawn(
+            channel::run(id, listeners, plan.clone(), self.channel_ctx.clone())
+                .instrument(tracing::Span::current()),
+        );
+        Ok((ports, Carrier::Task(task.abort_handle())))
+    }
+
+    /// Installs the kernel mapping for `plan` on a pool port; `None` when the kernel
+    /// cannot carry this channel (a conversion, two address families, or a failing
+    /// netlink request), which then takes the userspace path.
+    fn open_kernel(
+        &mut self,
+        id: ChannelId,
+        plan: &DataPlan,
+        kernel: Arc<KernelPath>,
+    ) -> Result<Option<(Ports, Carrier)>, DataOpenError> {
+        let cfg = &self.ctx.cfg;
+        let announced = if plan.client.accepts() {
+            cfg.client_announce()
+        } else {
+            cfg.server_announce()
+        };
+        let via_server = cfg.upstream == Upstream::Transparent;
+        let lease = self.ctx.pool.lease()?;
+        let port = lease.port();
+        let Some(mapping) = Mapping::for_plan(plan, port, announced, via_server) else {
+            tracing::debug!(
+                channel = id,
+                "the kernel cannot carry this channel; splicing it"
+            );
+            return Ok(None);
+        };
+        let timeout = self.ctx.limits.data_accept_timeout.0;
+        let events = self.channel_ctx.events.clone();
+        let channel = match kernel.open(id, &mapping, timeout, events) {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::warn!(channel = id, error = %e, "cannot install a kernel mapping; splicing this channel");
+                return Ok(None);
+            }
+        };
+        let ports = Ports {
+            client: plan.client.accepts().then_some(port),
+            server: plan.server.accepts().then_some(port),
+            kernel: true,
+        };
+        let carrier = Carrier::Kernel {
+            path: kernel,
+            channel,
+            _lease: lease,
+            opened: Instant::now(),
+            mode: plan.client_mode(),
+        };
+        Ok(Some((ports, carrier)))
+    }
+
     /// Stops a channel and releases its ports.
     pub fn cancel(&mut self, id: ChannelId) {
-        if let Some(task) = self.tasks.remove(&id) {
-            task.abort();
+        if let Some(carrier) = self.running.remove(&id) {
+            carrier.stop();
         }
         self.entry.channel_closed(id);
     }
 
-    /// Something happened on a channel: the live view follows.
+    /// Something happened on a channel: the live view follows; a kernel-path channel's
+    /// setup time and bytes are counted here (a task counts its own).
     pub fn event(&mut self, id: ChannelId, ev: &DataEvent) {
+        let gateway = &self.ctx.name;
         match ev {
-            DataEvent::Established => self.entry.channel_state(id, "relaying"),
+            DataEvent::Established => {
+                self.entry.channel_state(id, "relaying");
+                if let Some(Carrier::Kernel { opened, mode, .. }) = self.running.get(&id) {
+                    telemetry::data_setup_seconds(gateway, mode, opened.elapsed().as_secs_f64());
+                }
+            }
             DataEvent::ServerToClientDone => self.entry.channel_state(id, "server-done"),
             DataEvent::Finished(_) | DataEvent::Failed(_) => {
-                // The task is over by itself.
-                self.tasks.remove(&id);
+                // The relay is over by itself; a kernel mapping is removed now.
+                if let Some(carrier @ Carrier::Kernel { .. }) = self.running.remove(&id) {
+                    if let DataEvent::Finished(s) = ev {
+                        if s.counted {
+                            telemetry::relayed(gateway, s.to_server, s.to_client);
+                        }
+                    }
+                    carrier.stop();
+                }
             }
         }
     }
@@ -104,17 +218,22 @@ impl ChannelTasks {
     /// A channel is over: count it, log its transfer, forget it.
     pub fn ended(&mut self, end: &ChannelEnd) {
         self.cancel(end.id);
-        telemetry::data_channel_done(&self.ctx.name, end.mode, end.ok);
+        let path = if end.kernel {
+            RelayMode::Kernel.name()
+        } else {
+            self.channel_ctx.relay.name()
+        };
+        telemetry::data_channel_done(&self.ctx.name, end.mode, path, end.ok);
         if let Some(record) = &end.transfer {
-            log_transfer(record);
+            log_transfer(record, path);
         }
     }
 }
 
 impl Drop for ChannelTasks {
     fn drop(&mut self) {
-        for task in self.tasks.values() {
-            task.abort();
+        for (_, carrier) in self.running.drain() {
+            carrier.stop();
         }
     }
 }
@@ -122,17 +241,31 @@ impl Drop for ChannelTasks {
 /// One line per finished transfer, in the spirit of xferlog: the session span carries id,
 /// gateway, client and server; the line adds command, file, direction, mode, bytes, time
 /// and outcome.
-fn log_transfer(r: &TransferRecord) {
+fn log_transfer(r: &TransferRecord, path: &'static str) {
     let direction = if r.upload { "in" } else { "out" };
     let mode = if r.active { "active" } else { "passive" };
     match (&r.stats, &r.failure) {
+        (Some(s), _) if s.counted => tracing::info!(
+            target: "ftpgate::transfer",
+            command = %r.command,
+            file = %r.argument,
+            direction,
+            mode,
+            path,
+            bytes = if r.upload { s.to_server } else { s.to_client },
+            seconds = s.seconds,
+            outcome = "complete",
+            "transfer"
+        ),
+        // The kernel could not tell the byte count: never a wrong number.
         (Some(s), _) => tracing::info!(
             target: "ftpgate::transfer",
             command = %r.command,
             file = %r.argument,
             direction,
             mode,
-            bytes = if r.upload { s.to_server } else { s.to_client },
+            path,
+            bytes = "unknown",
             seconds = s.seconds,
             outcome = "complete",
             "transfer"
@@ -143,6 +276,7 @@ fn log_transfer(r: &TransferRecord) {
             file = %r.argument,
             direction,
             mode,
+            path,
             outcome = "failed",
             reason = failure.as_deref().unwrap_or("unknown"),
             "transfer"

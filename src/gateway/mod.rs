@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Registry;
-use crate::config::{Config, GatewayConfig, Limits, Upstream};
+use crate::config::{Config, GatewayConfig, Limits, RelayMode, Upstream};
+use crate::data::kernel::{KernelError, KernelPath};
 use crate::data::ports::PortPool;
 use crate::telemetry;
 
@@ -43,6 +44,14 @@ pub enum GatewayError {
         /// Why.
         error: io::Error,
     },
+    /// `relay: kernel` could not set up its nftables table and netlink sockets.
+    #[error("gateway {name:?}: {error}")]
+    Kernel {
+        /// The first gateway that asked for the kernel path.
+        name: String,
+        /// What is missing.
+        error: KernelError,
+    },
 }
 
 /// What every session of one gateway shares.
@@ -51,6 +60,8 @@ struct GatewayContext {
     name: Arc<str>,
     limits: Limits,
     pool: Arc<PortPool>,
+    /// The kernel data path, for a `relay: kernel` gateway.
+    kernel: Option<Arc<KernelPath>>,
     admission: Arc<Admission>,
     registry: Arc<Registry>,
     listen_addr: SocketAddr,
@@ -82,6 +93,8 @@ pub struct Gateways {
     serving: Vec<Serving>,
     admission: Arc<Admission>,
     registry: Arc<Registry>,
+    /// Started with the first `relay: kernel` gateway; its table goes at shutdown.
+    kernel: Option<Arc<KernelPath>>,
     shutdown: watch::Sender<Option<Instant>>,
     alive: mpsc::Sender<()>,
     all_gone: mpsc::Receiver<()>,
@@ -97,10 +110,12 @@ impl Gateways {
             serving: Vec::new(),
             admission: Arc::new(Admission::default()),
             registry: Arc::new(Registry::default()),
+            kernel: None,
             shutdown: watch::Sender::new(None),
             alive,
             all_gone,
         };
+        gateways.start_kernel(config)?;
         let prepared = gateways.prepare(config)?;
         gateways.commit(prepared);
         Ok(gateways)
@@ -111,12 +126,40 @@ impl Gateways {
     /// their new sessions; removed ones stop accepting. Live sessions and transfers keep
     /// the settings they started with. Returns once removed listeners are closed.
     pub async fn reload(&mut self, config: &Config) -> Result<(), GatewayError> {
+        self.start_kernel(config)?;
         let prepared = self.prepare(config)?;
         for gone in self.commit(prepared) {
             gone.accept.abort();
             // The listener closes when the aborted task is dropped.
             let _ = gone.accept.await;
             tracing::info!(gateway = %gone.ctx.load().name, "gateway removed; its open sessions continue");
+        }
+        Ok(())
+    }
+
+    /// Sets up the kernel data path when a gateway first asks for it (`relay: kernel`).
+    /// Its `kernel:` settings are read then; changing them takes a restart.
+    fn start_kernel(&mut self, config: &Config) -> Result<(), GatewayError> {
+        let Some(g) = config
+            .gateways
+            .iter()
+            .find(|g| g.relay == RelayMode::Kernel)
+        else {
+            return Ok(());
+        };
+        match &self.kernel {
+            None => {
+                let path =
+                    KernelPath::start(&config.kernel).map_err(|error| GatewayError::Kernel {
+                        name: g.name.clone(),
+                        error,
+                    })?;
+                self.kernel = Some(path);
+            }
+            Some(path) if *path.config() != config.kernel => {
+                tracing::warn!("the kernel: settings changed; they take effect at the next start");
+            }
+            Some(_) => {}
         }
         Ok(())
     }
@@ -135,6 +178,7 @@ impl Gateways {
                 name: Arc::clone(&name),
                 limits: config.limits.clone(),
                 pool,
+                kernel: self.kernel.clone().filter(|_| g.relay == RelayMode::Kernel),
                 admission: Arc::clone(&self.admission),
                 registry: Arc::clone(&self.registry),
                 listen_addr,
@@ -238,6 +282,7 @@ impl Gateways {
             shutdown,
             alive,
             mut all_gone,
+            kernel,
             ..
         } = self;
         for s in &serving {
@@ -258,6 +303,9 @@ impl Gateways {
                 sessions = admission.active(),
                 "sessions still open after the grace period; stopping"
             );
+        }
+        if kernel.is_some() {
+            KernelPath::stop();
         }
     }
 }

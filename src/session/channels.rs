@@ -42,6 +42,8 @@ pub(super) struct Channel {
     /// A channel for a client in passive mode converted to active toward the server: the
     /// server-side listener's port, announced with `PORT`/`EPRT` when the transfer starts.
     pub server_port: Option<u16>,
+    /// The kernel joins its two ends (`relay: kernel`): no reply waits for it.
+    kernel: bool,
     /// How its connections ended, once they have: what they moved, or why they broke.
     data: Option<Result<DataStats, String>>,
     /// The server's final reply to the transfer command once it came, or why none will.
@@ -90,6 +92,7 @@ impl Channel {
                 "passive"
             },
             ok,
+            kernel: self.kernel,
             transfer: self.transfer.map(|(verb, argument)| TransferRecord {
                 command: verb.name().to_owned(),
                 argument,
@@ -143,6 +146,7 @@ impl Channels {
             state: ChannelState::Opening,
             transfer: None,
             server_port: None,
+            kernel: false,
             data: None,
             reply: None,
         });
@@ -150,10 +154,12 @@ impl Channels {
         Ok(id)
     }
 
-    /// The shell opened channel `id` (its listeners wait for their peers).
-    pub fn opened(&mut self, id: ChannelId) {
+    /// The shell opened channel `id` (its listeners, or its kernel mapping, wait for
+    /// their peers).
+    pub fn opened(&mut self, id: ChannelId, kernel: bool) {
         if let Some(ch) = self.get_mut(id) {
             ch.state = ChannelState::Waiting;
+            ch.kernel = kernel;
         }
     }
 
@@ -247,9 +253,16 @@ impl Channels {
         }
     }
 
-    /// Whether a reply must wait for its transfer's data channel.
+    /// Whether a reply must wait for its transfer's data channel. Never for a channel on
+    /// the kernel path: there the client's and the server's TCP handshakes are one, so the
+    /// server's `150` cannot overtake the connection to the client, and the kernel
+    /// forwards the server's data ahead of nothing ftpgate sends (docs/kernel-path.md).
     pub fn gated(&self, out: &Outgoing) -> bool {
-        let Some(ch) = out.channel.and_then(|id| self.get(id)).filter(|c| c.live()) else {
+        let Some(ch) = out
+            .channel
+            .and_then(|id| self.get(id))
+            .filter(|c| c.live() && !c.kernel)
+        else {
             return false;
         };
         if matches!(out.code, Some(100..=199)) {
@@ -315,6 +328,7 @@ mod tests {
             to_server: 0,
             to_client: 10,
             seconds: 0.1,
+            counted: true,
         }
     }
 
@@ -322,7 +336,7 @@ mod tests {
     fn a_transfer_is_over_when_its_data_ended_and_the_server_answered() {
         let mut c = Channels::new();
         let id = c.open(false).unwrap();
-        c.opened(id);
+        c.opened(id, false);
         assert_eq!(c.assign_transfer(TransferVerb::Retr, b"f"), Some(id));
         assert!(c.on_event(id, DataEvent::Established));
         assert!(c.on_event(id, DataEvent::Finished(stats())));

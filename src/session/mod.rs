@@ -356,7 +356,7 @@ impl Session {
         }
         let result = match result {
             Ok(ports) => {
-                self.channels.opened(id);
+                self.channels.opened(id, ports.kernel);
                 Ok(ports)
             }
             Err(e) => {

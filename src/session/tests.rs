@@ -15,6 +15,8 @@ struct MockData {
     opened: Vec<(ChannelId, DataPlan)>,
     cancelled: Vec<ChannelId>,
     fail: Option<DataOpenError>,
+    /// Channels run on the kernel path.
+    kernel: bool,
 }
 
 impl MockData {
@@ -28,6 +30,7 @@ impl MockData {
         Ok(Ports {
             client: plan.client.accepts().then_some(50000 + n),
             server: plan.server.accepts().then_some(60000 + n),
+            kernel: self.kernel,
         })
     }
 }
@@ -371,9 +374,40 @@ fn active_150_waits_for_the_client_connection_and_226_for_the_data() {
         to_server: 0,
         to_client: 4321,
         seconds: 0.25,
+        counted: true,
     };
     assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
     assert!(!h.s.has_data_channels());
+}
+
+#[test]
+fn on_the_kernel_path_150_and_226_pass_at_once_and_the_transfer_still_waits_for_its_data() {
+    let mut h = Harness::relaying();
+    h.data.kernel = true;
+    h.client(b"PORT 10,0,0,5,4,1\r\n");
+    h.server(b"200 PORT ok\r\n");
+    h.client(b"LIST\r\n");
+    // The server's connect() returned only once the client accepted: nothing to wait for.
+    assert_eq!(
+        h.server(b"150 Here it comes\r\n226 Done\r\n"),
+        vec![
+            to_client("150 Here it comes\r\n"),
+            to_client("226 Done\r\n")
+        ]
+    );
+    // The channel is over, and the transfer recorded, only when the kernel's flow ended.
+    assert!(h.s.has_data_channels());
+    assert!(h.transfers.is_empty());
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 4321,
+        seconds: 0.25,
+        counted: true,
+    };
+    h.data_ev(1, DataEvent::Established);
+    h.data_ev(1, DataEvent::Finished(stats));
+    assert!(!h.s.has_data_channels());
+    assert_eq!(h.transfers[0].stats, Some(stats));
 }
 
 #[test]
@@ -616,6 +650,7 @@ fn transfers_are_recorded_with_their_command_file_and_bytes() {
         to_server: 1000,
         to_client: 0,
         seconds: 0.5,
+        counted: true,
     };
     h.data_ev(1, DataEvent::Finished(stats));
     // A transfer is over when its data ended and the server answered it.
@@ -966,6 +1001,7 @@ fn conversions_keep_rest_right_before_its_transfer_command() {
             to_server: 0,
             to_client: 9,
             seconds: 0.1,
+            counted: true,
         }),
     );
     assert_eq!(h.transfers[0].command, "RETR");
@@ -1001,6 +1037,7 @@ fn a_transfer_finishing_after_the_session_closed_is_still_recorded() {
         to_server: 0,
         to_client: 42,
         seconds: 0.1,
+        counted: true,
     };
     assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
     assert_eq!(h.transfers.len(), 1);
@@ -1327,6 +1364,7 @@ fn the_idle_timeout_waits_for_transfers() {
         to_server: 0,
         to_client: 1,
         seconds: 600.0,
+        counted: true,
     };
     h.data_ev(1, DataEvent::Finished(stats));
     // The idle time counts from the end of the transfer, not from the RETR.
@@ -1410,6 +1448,7 @@ fn a_server_that_dies_mid_retr_leaves_a_426_and_a_failed_transfer() {
         to_server: 0,
         to_client: 13_000_000,
         seconds: 1.0,
+        counted: true,
     };
     assert!(h.data_ev(1, DataEvent::Finished(stats)).is_empty());
     assert!(
@@ -1455,6 +1494,7 @@ fn a_server_closing_after_its_226_waits_for_the_data_and_is_no_failure() {
         to_server: 0,
         to_client: 5,
         seconds: 0.1,
+        counted: true,
     };
     assert_eq!(
         h.data_ev(1, DataEvent::Finished(stats)),
@@ -1563,6 +1603,7 @@ fn on_shutdown_a_transfer_ends_first_with_its_226_then_421() {
         to_server: 0,
         to_client: 9,
         seconds: 1.0,
+        counted: true,
     };
     assert_eq!(
         h.data_ev(1, DataEvent::Finished(stats)),

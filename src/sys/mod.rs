@@ -1,7 +1,14 @@
 //! Linux socket options and process limits the gateway needs, behind a small interface:
 //! the original destination of a redirected connection, `IP_TRANSPARENT`, and the limit
 //! on open files. Elsewhere they report "unsupported" and the roles that need them cannot
-//! run.
+//! run. The netfilter netlink protocols of the kernel data path live in the submodules:
+//! [`nftables`] (set elements), [`nflog`] (logged packets), [`conntrack`] (counters),
+//! over the codec of [`nfnetlink`].
+
+pub mod conntrack;
+pub mod nflog;
+pub mod nfnetlink;
+pub mod nftables;
 
 use std::io;
 use std::net::SocketAddr;

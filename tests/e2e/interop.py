@@ -4,7 +4,8 @@
 Roles {outbound transparent, publish, explicit user@host} x servers {vsftpd, pure-ftpd,
 pyftpdlib} x clients {curl EPSV/PASV/EPRT/PORT, lftp PASV/PORT/EPSV, Python ftplib
 PASV/PORT}; each cell does LIST, RETR of a 3 MiB random file and STOR of a 2 MiB one,
-both checked by SHA-256. The same cells run through the kernel helper (nf_conntrack_ftp +
+both checked by SHA-256. Outbound and publish run twice: with the shipped config
+(`relay: kernel`, the kernel forwards the data connections) and with `relay: splice`. The same cells run through the kernel helper (nf_conntrack_ftp +
 nf_nat_ftp attached with `ct helper set`, forward chain allowing related) where the role
 exists for it. Then, through ftpgate only: 40 parallel transfers per role in mixed modes
 with distinct files, and faults (a server killed and a client killed mid-transfer) after
@@ -65,6 +66,19 @@ class Role:
         self.config, self.listen, self.files, self.text = config, listen, files, text
         self.kernel = kernel
 
+    def configs(self, work):
+        """(column, config file) for each data path the role's shipped config can take:
+        the shipped file itself (`relay: kernel` for outbound and publish) and the same
+        with `relay: splice`."""
+        with open(self.config) as f:
+            text = f.read()
+        if "relay: kernel" not in text:
+            return [("ftpgate", self.config)]
+        spliced = os.path.join(work, "%s-splice.yaml" % self.name)
+        with open(spliced, "w") as f:
+            f.write(text.replace("relay: kernel", "relay: splice"))
+        return [("ftpgate", spliced), ("ftpgate-kernel", self.config)]
+
 
 ROLES = [
     Role("outbound", lab.Path("lan", "203.0.113.10", 21, "anonymous"), "inet", "203.0.113.10",
@@ -107,12 +121,14 @@ gateways:
     server_side: { address: "2001:db8:b::1" }
     data_ports: "42000-42199"
     client_source: gateway
+    relay: kernel
   - name: pub6
     listen: "[2001:db8:b::1]:21"
     upstream: "[2001:db8:c::10]:21"
     client_side: { address: "2001:db8:b::1" }
     server_side: { address: "2001:db8:c::1" }
     data_ports: "42200-42299"
+    relay: kernel
   - name: pub6-2200
     listen: "[2001:db8:b::1]:2200"
     upstream: "[2001:db8:c::10]:2200"
@@ -217,6 +233,7 @@ table inet ftpgate_beyond {
     }
     chain forward {
         type filter hook forward priority filter; policy drop;
+        ct mark and 0xffff0000 == 0x46470000 accept
     }
 }
 """
@@ -246,9 +263,9 @@ class Matrix:
             ok, detail = lab.run_cell(self.topo, tag, client, role.path, server)
             self.record(role.name, server.name, client, column, ok, detail)
 
-    def start_gateway(self, role, name=None):
+    def start_gateway(self, role, name, config):
         self.topo.router_rules(text=role.text, files=role.files)
-        return lab.Ftpgate(self.topo, self.binary, role.config, name or role.name, role.listen)
+        return lab.Ftpgate(self.topo, self.binary, config, name, role.listen)
 
     def matrix(self, server_names):
         for server_name in server_names:
@@ -257,9 +274,15 @@ class Matrix:
                        (("inet", "203.0.113.10"), ("dmz", "10.0.1.10"))}
             for role in ROLES:
                 server = servers[role.server_ns]
-                gw = self.start_gateway(role, "%s-%s" % (role.name, server_name))
-                self.run_clients("ftpgate", role, server)
-                gw.stop()
+                for column, config in role.configs(self.topo.work):
+                    gw = self.start_gateway(role, "%s-%s-%s" % (column, role.name, server_name),
+                                            config)
+                    self.run_clients(column, role, server)
+                    if role.name != "explicit":
+                        self.check_paths(role, server_name, column)
+                    gw.stop()
+                    if column == "ftpgate-kernel":
+                        self.check_table_removed(gw)
                 if role.kernel:
                     self.topo.router_rules(text=KERNEL_RULES)
                     self.run_clients("kernel", role, server)
@@ -294,12 +317,14 @@ class Matrix:
         }
         # (role label, path, server key, server label, clients)
         cells = []
+        # The IPv6 outbound gateway and the publish one for port 21 run relay: kernel.
         for kind, port in (("vsftpd6", 21), ("pyftpdlib6", 2200)):
             label = kind[:-1] + " (IPv6)"
             cells += [
-                ("outbound IPv6", lab.Path("lan6", inet6, port, "anonymous", v6),
+                ("outbound IPv6 (relay: kernel)", lab.Path("lan6", inet6, port, "anonymous", v6),
                  kind + "-inet", label, V6_CLIENTS),
-                ("publish IPv6", lab.Path("inet", "2001:db8:b::1", port, "anonymous", inet6),
+                ("publish IPv6" + (" (relay: kernel)" if port == 21 else ""),
+                 lab.Path("inet", "2001:db8:b::1", port, "anonymous", inet6),
                  kind + "-dmz", label, V6_CLIENTS),
                 ("explicit IPv6", lab.Path("lan6", "2001:db8:6::1", 2126,
                                            "anonymous@[%s]:%d" % (inet6, port), v6),
@@ -350,6 +375,13 @@ class Matrix:
         samples = lab.scrape(topo)
         refused = lab.metric(samples, "ftpgate_refusals_total", gateway="pub-private-227",
                              reason="passive_address_ignored")
+        on_kernel = {g: lab.metric(samples, "ftpgate_data_channels_total", gateway=g,
+                                   path="kernel", outcome="ok") for g in ("out6", "pub6")}
+        spliced = {g: lab.metric(samples, "ftpgate_data_channels_total", gateway=g,
+                                 path="splice") for g in ("out6", "pub6")}
+        self.check("IPv6 data channels on the kernel path",
+                   all(on_kernel.values()) and not any(spliced.values()),
+                   "ok channels on the kernel path %s, spliced %s" % (on_kernel, spliced))
         gw.stop()
         with open(gw.log, errors="replace") as f:
             mismatch = [line for line in f if "announced another address" in line]
@@ -372,9 +404,9 @@ class Matrix:
         """40 transfers at once per role, clients and modes mixed, distinct files."""
         servers = {ns: lab.Vsftpd(self.topo, ns, addr) for ns, addr in
                    (("inet", "203.0.113.10"), ("dmz", "10.0.1.10"))}
-        for role in ROLES:
+        for role, (column, config) in [(r, c) for r in ROLES for c in r.configs(self.topo.work)]:
             server = servers[role.server_ns]
-            gw = self.start_gateway(role, "concurrency-" + role.name)
+            gw = self.start_gateway(role, "concurrency-%s-%s" % (column, role.name), config)
             files = [("par-%s-%d.bin" % (role.name, i), None) for i in range(jobs)]
             files = [(n, server.add_file(n, 1024 * 1024 + i)) for i, (n, _) in enumerate(files)]
             started = time.time()
@@ -385,7 +417,7 @@ class Matrix:
                            for i in range(jobs)]
                 results = [f.result() for f in futures]
             bad = [d for ok, d in results if not ok]
-            self.check("%d parallel sessions via %s" % (jobs, role.name), not bad,
+            self.check("%d parallel sessions via %s (%s)" % (jobs, role.name, column), not bad,
                        "all SHA-256 ok in %.1f s" % (time.time() - started) if not bad
                        else "%d failed: %s" % (len(bad), bad[0]))
             gw.stop()
@@ -467,25 +499,53 @@ class Matrix:
             time.sleep(0.5)
         return in_use, active
 
+    def check_paths(self, role, server_name, column):
+        """Every data channel took the path the column names."""
+        samples = lab.scrape(self.topo)
+        want = "kernel" if column == "ftpgate-kernel" else "splice"
+        counts = {path: lab.metric(samples, "ftpgate_data_channels_total", path=path) or 0
+                  for path in ("kernel", "splice")}
+        self.check("%s %s: channels on %s only" % (role.name, server_name, want),
+                   counts[want] > 0 and sum(counts.values()) == counts[want],
+                   "data channels by path: %s" % counts)
+
+    def check_table_removed(self, gw):
+        """A kernel-path ftpgate that exited left no nftables table behind."""
+        if any(name == "table removed at exit" for name, _, _ in self.checks):
+            return
+        tables = self.topo.run("rtr", ["nft", "list", "tables"], capture_output=True,
+                               text=True).stdout
+        self.check("table removed at exit", "table inet ftpgate" not in tables.splitlines(),
+                   "nft list tables: " + " ".join(tables.split()))
+
     def table(self):
-        lines = ["| role | server | client | kernel helper | ftpgate |",
-                 "|---|---|---|---|---|"]
+        lines = ["| role | server | client | kernel helper | ftpgate (splice) "
+                 "| ftpgate (relay: kernel) |",
+                 "|---|---|---|---|---|---|"]
         for (role, server, client), cols in self.cells.items():
             def show(col):
                 if col not in cols:
                     return "n/a"
                 ok, detail = cols[col]
                 return "ok" if ok else "FAIL: " + detail.replace("|", "/")
-            lines.append("| %s | %s | %s | %s | %s |" % (role, server, client,
-                                                         show("kernel"), show("ftpgate")))
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                role, server, client, show("kernel"), show("ftpgate"), show("ftpgate-kernel")))
         return "\n".join(lines)
 
     def summary(self):
         kernel = [c["kernel"][0] for c in self.cells.values() if "kernel" in c]
         ftpgate = [c["ftpgate"][0] for c in self.cells.values() if "ftpgate" in c]
-        return ("ftpgate %d/%d cells ok; kernel helper %d/%d cells ok; checks %d/%d ok"
-                % (ftpgate.count(True), len(ftpgate), kernel.count(True), len(kernel),
+        kpath = [c["ftpgate-kernel"][0] for c in self.cells.values() if "ftpgate-kernel" in c]
+        return ("ftpgate %d/%d cells ok; ftpgate relay: kernel %d/%d cells ok; "
+                "kernel helper %d/%d cells ok; checks %d/%d ok"
+                % (ftpgate.count(True), len(ftpgate), kpath.count(True), len(kpath),
+                   kernel.count(True), len(kernel),
                    sum(1 for c in self.checks if c[1]), len(self.checks)))
+
+    def judged(self):
+        """Outcomes of every ftpgate cell (both paths) and check."""
+        return [ok for c in self.cells.values() for col, (ok, _) in c.items()
+                if col.startswith("ftpgate")] + [c[1] for c in self.checks]
 
 
 def versions():
@@ -568,18 +628,16 @@ def main():
     print()
     print(m.table())
     print(m.summary())
-    ftpgate_ok = all(c["ftpgate"][0] for c in m.cells.values() if "ftpgate" in c)
-    checks_ok = all(c[1] for c in m.checks)
+    judged = m.judged()
+    passed = all(judged) and bool(m.cells)
     if args.write_doc:
         write_doc(args.write_doc, m)
-    if ftpgate_ok and checks_ok and m.cells:
+    if passed:
         shutil.rmtree(work, ignore_errors=True)
     else:
         print("logs kept in", work)
-    judged = [c["ftpgate"][0] for c in m.cells.values() if "ftpgate" in c] + \
-             [c[1] for c in m.checks]
     print("interop: %d passed, %d failed" % (judged.count(True), judged.count(False)))
-    sys.exit(0 if ftpgate_ok and checks_ok and m.cells else 1)
+    sys.exit(0 if passed else 1)
 
 
 if __name__ == "__main__":

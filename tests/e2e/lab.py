@@ -67,8 +67,8 @@ def vsftpd_binary():
     return peer_binary("vsftpd", "VSFTPD")
 
 
-def missing_tools():
-    missing = [t for t in ("ip", "nft", "curl", "lftp", "python3", "ss", "prlimit")
+def missing_tools(extra=()):
+    missing = [t for t in ("ip", "nft", "curl", "lftp", "python3", "ss", "prlimit") + tuple(extra)
                if shutil.which(t) is None]
     for name, binary in (("vsftpd", vsftpd_binary()), ("pure-ftpd", pure_ftpd_binary())):
         if binary is None:
@@ -139,6 +139,14 @@ class Topology:
         p = subprocess.Popen(["ip", "netns", "exec", self.ns[where], *cmd],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def spawn_capture_io(self, where, cmd):
+        """Starts CMD in a namespace with its standard input and output piped (text)."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns[where], *cmd],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         self.procs.append(p)
         return p
 
