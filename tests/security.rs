@@ -716,3 +716,39 @@ impl Drop for PureFtpd {
         let _ = self.child.wait();
     }
 }
+
+/// Idle sessions cost the process little memory (DESIGN.md §8: ≤ 16 KiB each at 10,000):
+/// the task of each holds its connection once and no read buffer while it waits.
+#[test]
+fn idle_control_sessions_cost_little_memory() {
+    let (_dir, config) = config_file(
+        "ftpgate.yaml",
+        r#"
+gateways:
+  - name: idle
+    listen: "127.0.0.1:0"
+    upstream: "user@host"
+    server_side: { address: 127.0.0.1 }
+limits: { max_sessions_per_client: 2000 }
+log: { level: info }
+"#,
+    );
+    let gw = Running::start(&config);
+    let addr = gw.listening("idle");
+    let baseline = idle_rss(&gw, addr);
+    const SESSIONS: u64 = 800;
+    let sessions: Vec<Control> = (0..SESSIONS)
+        .map(|_| {
+            let mut c = Control::connect(addr);
+            assert!(c.reply().starts_with("220"));
+            c
+        })
+        .collect();
+    let per_session = (rss_kib(gw.child.id()).saturating_sub(baseline) * 1024) / SESSIONS;
+    println!("{SESSIONS} idle sessions: {per_session} bytes of RSS each");
+    drop(sessions);
+    assert!(
+        per_session < 12 * 1024,
+        "{per_session} bytes of RSS per idle session (budget 12 KiB)"
+    );
+}

@@ -66,11 +66,16 @@ def latency(host, port, user, mode, n, name):
             t1 = time.perf_counter()
         else:
             listener = socket.create_server((local, 0), backlog=1)
+            listener.settimeout(10)
             p = listener.getsockname()[1]
             t0 = time.perf_counter()
             c.cmd("PORT %s,%d,%d" % (local.replace(".", ","), p >> 8, p & 255))
             c.send("RETR " + name)
-            data, _ = listener.accept()
+            try:
+                data, _ = listener.accept()
+            except socket.timeout:
+                raise RuntimeError("transfer %d: no data connection; the server said %r"
+                                   % (len(samples), c.reply()))
             data.recv(1)
             t1 = time.perf_counter()
             listener.close()

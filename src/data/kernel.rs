@@ -101,6 +101,19 @@ fn nft(text: &str) -> Result<(), String> {
     }
 }
 
+/// Turns on conntrack's byte counters (`net.netfilter.nf_conntrack_acct`, per network
+/// namespace), which resolve sequence wraps; without them kernel-path transfers are logged
+/// with `bytes=unknown`.
+fn enable_conntrack_accounting() {
+    const ACCT: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+    if std::fs::read_to_string(ACCT).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(ACCT, "1") {
+        tracing::warn!(error = %e, "cannot turn conntrack accounting on (sysctl net.netfilter.nf_conntrack_acct=1): kernel-path transfers log bytes=unknown");
+    }
+}
+
 /// What one kernel-path channel forwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
@@ -339,6 +352,8 @@ pub struct KernelChannel {
     key: FlowKey,
     elements: Vec<Element>,
     watchdog: AbortHandle,
+    /// When its elements expire by themselves.
+    expires: Instant,
 }
 
 impl KernelPath {
@@ -346,10 +361,7 @@ impl KernelPath {
     /// and starts reading NFLOG. Must run inside the tokio runtime.
     pub fn start(cfg: &KernelConfig) -> Result<Arc<Self>, KernelError> {
         nft(&ruleset(cfg)).map_err(KernelError::Table)?;
-        // The byte counters that resolve sequence wraps (a per-namespace setting).
-        if let Err(e) = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1") {
-            tracing::warn!(error = %e, "cannot turn conntrack accounting on: kernel-path transfers log bytes=unknown");
-        }
+        enable_conntrack_accounting();
         let nft = Nftables::open().map_err(KernelError::Netlink)?;
         let nflog = Nflog::bind(cfg.log_group).map_err(KernelError::Netlink)?;
         let mut conntrack = Conntrack::open().map_err(KernelError::Netlink)?;
@@ -451,6 +463,7 @@ impl KernelPath {
             key,
             elements,
             watchdog,
+            expires: Instant::now() + timeout,
         })
     }
 
@@ -458,8 +471,19 @@ impl KernelPath {
     /// under way continues on its conntrack entry); no more events come for it.
     pub fn close(&self, ch: KernelChannel) {
         ch.watchdog.abort();
-        self.flows().remove(&ch.key);
-        if let Err(e) = self.nft.delete(&ch.elements) {
+        // A flow that is gone from the table has started (or its mapping expired): its
+        // SYN consumed the one-shot guard.
+        let flow = self.flows().remove(&ch.key);
+        let started = !matches!(flow, Some(f) if f.started.is_none());
+        if Instant::now() >= ch.expires {
+            return;
+        }
+        let left: Vec<Element> = ch
+            .elements
+            .into_iter()
+            .filter(|e| !(started && e.set.starts_with("once")))
+            .collect();
+        if let Err(e) = self.nft.delete(&left) {
             tracing::warn!(error = %e, "cannot remove a kernel-path mapping; it expires by itself");
         }
     }

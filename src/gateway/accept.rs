@@ -159,9 +159,10 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
         server = tracing::field::Empty
     );
     let entry = ctx.registry.open(id, Arc::clone(&ctx.name), peer);
-    let connection = Connection::new(Arc::clone(&ctx), stream, peer, target, entry);
     let outcome = async {
         tracing::info!("session opened");
+        // Built here and moved into run(): the task holds one connection, not copies.
+        let connection = Connection::new(Arc::clone(&ctx), stream, peer, target, entry);
         match connection.run().await {
             None => {
                 tracing::info!("session closed");

@@ -28,7 +28,7 @@ use super::channels::ChannelTasks;
 use super::upstream::{connect_upstream, Target};
 use super::GatewayContext;
 
-/// Read buffer of the control connections (one for both directions).
+/// Bytes read from a control connection at a time.
 const CONTROL_BUFFER: usize = 4096;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
@@ -48,7 +48,6 @@ pub(super) struct Connection {
     shutdown: watch::Receiver<Option<Instant>>,
     /// Events that performing actions produced (a channel opened, a peer lost).
     ready: VecDeque<Event>,
-    buf: [u8; CONTROL_BUFFER],
 }
 
 impl Connection {
@@ -104,7 +103,6 @@ impl Connection {
             connecting,
             channel_events,
             ready: VecDeque::new(),
-            buf: [0; CONTROL_BUFFER],
         }
     }
 
@@ -130,12 +128,12 @@ impl Connection {
             let deadline = self.session.poll_timeout();
             tokio::select! {
                 r = self.client_rd.readable(), if self.client_open => {
-                    match r.and_then(|()| self.client_rd.try_read(&mut self.buf)) {
-                        Ok(0) => {
+                    match r.and_then(|()| read_now(|buf| self.client_rd.try_read(buf))) {
+                        Ok(bytes) if bytes.is_empty() => {
                             self.client_open = false;
                             return Event::ClientClosed;
                         }
-                        Ok(n) => return Event::ClientData(self.buf[..n].to_vec()),
+                        Ok(bytes) => return Event::ClientData(bytes),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => {
                             self.client_open = false;
@@ -144,14 +142,14 @@ impl Connection {
                     }
                 }
                 r = server_readable(&self.server), if self.server.is_some() => {
-                    match r.and_then(|rd| rd.try_read(&mut self.buf)) {
-                        Ok(0) => {
+                    match r.and_then(|rd| read_now(|buf| rd.try_read(buf))) {
+                        Ok(bytes) if bytes.is_empty() => {
                             // Stop reading a closed connection; the session still answers
                             // the client.
                             self.server = None;
                             return Event::ServerClosed;
                         }
-                        Ok(n) => return Event::ServerData(self.buf[..n].to_vec()),
+                        Ok(bytes) => return Event::ServerData(bytes),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => {
                             self.server = None;
@@ -256,6 +254,14 @@ impl Connection {
         }
         self.connecting = None;
     }
+}
+
+/// What a ready socket has now (empty at its end). The buffer lives on the stack only
+/// for the read, never in the session's future: an idle session costs no buffer.
+fn read_now(read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; CONTROL_BUFFER];
+    let n = read(&mut buf)?;
+    Ok(buf[..n].to_vec())
 }
 
 /// Waits until the server's control connection is readable; returns its read half.

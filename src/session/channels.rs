@@ -56,6 +56,16 @@ impl Channel {
         self.data.is_none()
     }
 
+    /// Whether its connections are only closing, so that it may report after the session
+    /// ended: everything the server sent reached the client's side, or, on the kernel
+    /// path, the server already answered its transfer with success (what it sent before
+    /// is in the kernel's hands; its end is on its way).
+    pub fn finishing(&self) -> bool {
+        self.live()
+            && (self.state == ChannelState::ServerDone
+                || (self.kernel && matches!(self.reply, Some(Ok(200..=299)))))
+    }
+
     /// Whether nothing more can happen to it.
     fn settled(&self) -> bool {
         self.data.is_some() && (self.transfer.is_none() || self.reply.is_some())

@@ -519,9 +519,8 @@ impl Session {
         self.gate.clear();
         self.opening = None;
         self.actions.push(Action::Close);
-        // Channels that delivered everything the server sent are only closing their
-        // sockets: they get CLOSING_GRACE to report. The others end now.
-        self.end_channels(|c| !(c.live() && c.state == channels::ChannelState::ServerDone));
+        // Channels that are only closing get CLOSING_GRACE to report. The others end now.
+        self.end_channels(|c| !c.finishing());
     }
 
     /// Sends what is queued and `reply`, then closes. Nothing happens on a closed session.

@@ -411,6 +411,29 @@ fn on_the_kernel_path_150_and_226_pass_at_once_and_the_transfer_still_waits_for_
 }
 
 #[test]
+fn a_kernel_transfer_answered_226_still_reports_after_the_client_left() {
+    let mut h = Harness::relaying();
+    h.data.kernel = true;
+    h.client(b"PASV\r\n");
+    h.server(b"227 =192,0,2,10,19,137\r\n");
+    h.client(b"RETR f\r\n");
+    h.data_ev(1, DataEvent::Established);
+    h.server(b"150 ok\r\n226 done\r\n");
+    // The client read its 226 and left before the kernel reported the flow's end.
+    h.ev(Event::ClientClosed);
+    assert!(h.transfers.is_empty());
+    let stats = DataStats {
+        to_server: 0,
+        to_client: 100,
+        seconds: 0.01,
+        counted: true,
+    };
+    h.data_ev(1, DataEvent::Finished(stats));
+    assert_eq!(h.transfers.len(), 1);
+    assert_eq!(h.transfers[0].stats, Some(stats));
+}
+
+#[test]
 fn a_failed_active_transfer_releases_held_replies() {
     let mut h = Harness::relaying();
     h.client(b"PORT 10,0,0,5,4,1\r\n");

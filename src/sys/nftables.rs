@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub const TABLE: &str = "ftpgate";
 const NFPROTO_INET: u8 = 1;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+/// Like `DELSETELEM`, but an element that is gone is no error (Linux 6.3 and later).
+const NFT_MSG_DESTROYSETELEM: u16 = 30;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -32,6 +34,8 @@ const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_DATA_VALUE: u16 = 1;
 const ENOENT: i32 = 2;
+const EINVAL: i32 = 22;
+const EOPNOTSUPP: i32 = 95;
 
 /// One field of a concatenated key or value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,8 @@ impl Element {
 pub struct Nftables {
     socket: Mutex<Socket>,
     seq: AtomicU32,
+    /// The kernel knows `DESTROYSETELEM` (until it says otherwise).
+    destroy: AtomicBool,
 }
 
 impl Nftables {
@@ -113,6 +119,7 @@ impl Nftables {
         Ok(Self {
             socket: Mutex::new(socket),
             seq: AtomicU32::new(1),
+            destroy: AtomicBool::new(true),
         })
     }
 
@@ -121,8 +128,19 @@ impl Nftables {
         self.transaction(NFT_MSG_NEWSETELEM, F_CREATE, elements)
     }
 
-    /// Deletes `elements`; ones that are gone already (used, expired) are no error.
+    /// Deletes `elements`; ones that are gone already (used, expired) are no error. A
+    /// batch the kernel refuses costs it a grace period (milliseconds), so callers leave
+    /// out elements they know are gone, for kernels before 6.3 that cannot ignore them.
     pub fn delete(&self, elements: &[Element]) -> io::Result<()> {
+        if self.destroy.load(Ordering::Relaxed) {
+            match self.transaction(NFT_MSG_DESTROYSETELEM, 0, elements) {
+                Err(e) if matches!(e.raw_os_error(), Some(EINVAL | EOPNOTSUPP)) => {
+                    tracing::debug!("no DESTROYSETELEM in this kernel; deleting elements instead");
+                    self.destroy.store(false, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
         match self.transaction(NFT_MSG_DELSETELEM, 0, elements) {
             Err(e) if e.raw_os_error() == Some(ENOENT) => {
                 // The transaction failed as a whole: delete what is left one by one.

@@ -182,6 +182,7 @@ gateways:
     data_ports: "43000-43199"
     server_mode: passive
     client_source: server
+    relay: kernel
   - name: pub-to-passive
     listen: "203.0.113.1:2101"
     upstream: "10.0.1.10:2101"
@@ -196,6 +197,7 @@ gateways:
     server_side: { address: 10.0.1.1 }
     data_ports: "43400-43599"
     server_mode: active
+    relay: kernel
   - name: pub-private-227
     listen: "203.0.113.1:2103"
     upstream: "10.0.1.10:2103"
@@ -350,11 +352,13 @@ class Matrix:
              "vsftpd4-dmz", "vsftpd (IPv4)", V6_CLIENTS),
             ("FTP64 publish", lab.Path("inet", "2001:db8:b::1", 2165, "anonymous", inet6),
              "rfc959-dmz", "pyftpdlib (IPv4, no EPSV/EPRT)", V6_CLIENTS),
-            ("outbound server_mode: passive", lab.Path("lan", "203.0.113.10", 2101, "anonymous"),
+            ("outbound server_mode: passive (relay: kernel, spliced)",
+             lab.Path("lan", "203.0.113.10", 2101, "anonymous"),
              "passive-only-inet", "pyftpdlib (passive only)", ACTIVE_CLIENTS),
             ("publish server_mode: passive", lab.Path("inet", "203.0.113.1", 2101, "anonymous"),
              "passive-only-dmz", "pyftpdlib (passive only)", ACTIVE_CLIENTS),
-            ("publish server_mode: active", lab.Path("inet", "203.0.113.1", 2102, "anonymous"),
+            ("publish server_mode: active (relay: kernel, spliced)",
+             lab.Path("inet", "203.0.113.1", 2102, "anonymous"),
              "active-only-dmz", "pyftpdlib (active only)", PASSIVE_CLIENTS),
             ("publish, 227 names 192.168.77.7", lab.Path("inet", "203.0.113.1", 2103,
                                                           "anonymous"),
@@ -382,6 +386,16 @@ class Matrix:
         self.check("IPv6 data channels on the kernel path",
                    all(on_kernel.values()) and not any(spliced.values()),
                    "ok channels on the kernel path %s, spliced %s" % (on_kernel, spliced))
+        # Conversions on relay: kernel gateways fall back to splice, per channel, and the
+        # transparent role's redirect of the data ports still serves them.
+        converted = {g: (lab.metric(samples, "ftpgate_data_channels_total", gateway=g,
+                                    path="splice", outcome="ok"),
+                         lab.metric(samples, "ftpgate_data_channels_total", gateway=g,
+                                    path="kernel"))
+                     for g in ("out-to-passive", "pub-to-active")}
+        self.check("conversions on relay: kernel gateways are spliced",
+                   all(ok and not k for ok, k in converted.values()),
+                   "(spliced ok, on the kernel path) per gateway: %s" % converted)
         gw.stop()
         with open(gw.log, errors="replace") as f:
             mismatch = [line for line in f if "announced another address" in line]
@@ -407,12 +421,12 @@ class Matrix:
         for role, (column, config) in [(r, c) for r in ROLES for c in r.configs(self.topo.work)]:
             server = servers[role.server_ns]
             gw = self.start_gateway(role, "concurrency-%s-%s" % (column, role.name), config)
-            files = [("par-%s-%d.bin" % (role.name, i), None) for i in range(jobs)]
+            files = [("par-%s-%s-%d.bin" % (column, role.name, i), None) for i in range(jobs)]
             files = [(n, server.add_file(n, 1024 * 1024 + i)) for i, (n, _) in enumerate(files)]
             started = time.time()
             with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
                 futures = [pool.submit(lab.run_cell, self.topo,
-                                       "par-%s-%d" % (role.name, i), CLIENTS[i % len(CLIENTS)],
+                                       "par-%s-%s-%d" % (column, role.name, i), CLIENTS[i % len(CLIENTS)],
                                        role.path, server, 60, files[i])
                            for i in range(jobs)]
                 results = [f.result() for f in futures]
