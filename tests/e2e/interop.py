@@ -223,7 +223,7 @@ table inet ftpgate_beyond {
     }
     chain mangle_prerouting {
         type filter hook prerouting priority mangle; policy accept;
-        meta l4proto tcp socket transparent 1 meta mark set 0x1
+        meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x1
     }
     chain input {
         type filter hook input priority filter; policy drop;
