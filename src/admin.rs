@@ -182,10 +182,43 @@ pub async fn serve(path: &Path, registry: Arc<Registry>) -> Result<(), AdminErro
     Ok(())
 }
 
+/// Why `ftpgate sessions` got no snapshot, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read sessions from {path}: {error}{}", hint(.error))]
+pub struct FetchError {
+    /// The socket asked.
+    pub path: PathBuf,
+    /// Why.
+    pub error: io::Error,
+}
+
+/// What an operator should check after `error`.
+fn hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::NotFound => {
+            " (is ftpgate running with `admin: { socket: PATH }` in its configuration? \
+             pass that path with --socket)"
+        }
+        io::ErrorKind::ConnectionRefused => {
+            " (the socket file is there but nobody listens: ftpgate is not running, \
+             or this file is left from an earlier run)"
+        }
+        io::ErrorKind::PermissionDenied => " (run as the user ftpgate runs as, or root)",
+        _ => "",
+    }
+}
+
 /// Reads a snapshot from the admin socket at `path` (for `ftpgate sessions`).
-pub fn fetch(path: &Path) -> io::Result<String> {
+pub fn fetch(path: &Path) -> Result<String, FetchError> {
     use std::io::Read;
+    let err = |error| FetchError {
+        path: path.to_owned(),
+        error,
+    };
     let mut s = String::new();
-    std::os::unix::net::UnixStream::connect(path)?.read_to_string(&mut s)?;
+    std::os::unix::net::UnixStream::connect(path)
+        .map_err(err)?
+        .read_to_string(&mut s)
+        .map_err(err)?;
     Ok(s)
 }

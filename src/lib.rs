@@ -13,17 +13,20 @@
 //!   reports;
 //! - [`gateway`]: the async shell: listeners, admission, upstreams, one connection driver
 //!   per session, shutdown;
-//! - [`data`]: data channels: the port pool, one-shot listeners, dialling and relaying;
+//! - [`data`]: data channels: the port pool, one-shot listeners, dialling and relaying,
+//!   or the kernel data path;
+//! - [`firewall`]: the nftables rules a configuration needs (`ftpgate nft`);
 //! - [`rules`]: the security rules, named for logs and metrics;
 //! - [`admin`]: the live view of sessions (`ftpgate sessions`);
 //! - [`config`]: the YAML schema and its validation;
-//! - [`sys`]: Linux socket options (original destination, `IP_TRANSPARENT`);
+//! - [`sys`]: what Linux provides: socket options, policy routing, netfilter netlink;
 //! - [`telemetry`]: metric names and log setup;
 //! - [`fuzzing`]: fuzz harnesses shared by `fuzz/` and the tests.
 
 pub mod admin;
 pub mod config;
 pub mod data;
+pub mod firewall;
 pub mod ftp;
 pub mod fuzzing;
 pub mod gateway;

@@ -1,11 +1,12 @@
 //! The `ftpgate` command: parse arguments, load the configuration, run until a signal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ftpgate::config::{Config, EMBEDDED_NAME};
+use ftpgate::firewall::{self, host::LocalHost, live::ChainRef, live::LiveRuleset};
 use ftpgate::gateway::Gateways;
 use sd_notify::NotifyState;
 
@@ -33,6 +34,33 @@ enum Command {
         /// YAML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print nothing when the configuration is valid (errors still go to stderr).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print the nftables rules this configuration needs: ftpgate's own table, and its
+    /// accepts joined to the operator's input and forward chains.
+    Nft {
+        /// YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The operator's input chain to join, as "FAMILY TABLE CHAIN" (default: the
+        /// running ruleset's input base chains whose policy drops).
+        #[arg(long, value_name = "FAMILY TABLE CHAIN")]
+        input_chain: Option<ChainRef>,
+        /// The operator's forward chain to join (default: those of the running ruleset
+        /// that drop).
+        #[arg(long, value_name = "FAMILY TABLE CHAIN")]
+        forward_chain: Option<ChainRef>,
+        /// A whole ruleset for a router that has none, instead.
+        #[arg(long, conflicts_with_all = ["input_chain", "forward_chain"])]
+        full: bool,
+        /// Load the rules with `nft -f` instead of printing them.
+        #[arg(long)]
+        apply: bool,
+        /// The running ruleset as `nft -j list ruleset` printed it (default: ask nft).
+        #[arg(long, value_name = "FILE")]
+        ruleset: Option<PathBuf>,
     },
     /// List live sessions and their data channels (needs `admin.socket` in the config).
     Sessions {
@@ -45,11 +73,39 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, quiet } => check(&config, quiet),
         Command::Sessions { socket } => ftpgate::admin::fetch(&socket)
             .map(|snapshot| print!("{snapshot}"))
-            .with_context(|| format!("cannot read sessions from {}", socket.display())),
+            .map_err(anyhow::Error::from),
         Command::Run { config } => run(config),
+        Command::Nft {
+            config,
+            input_chain,
+            forward_chain,
+            full,
+            apply,
+            ruleset,
+        } => {
+            let mut command = format!("ftpgate nft --config {}", config.display());
+            for (flag, chain) in [
+                ("--input-chain", &input_chain),
+                ("--forward-chain", &forward_chain),
+            ] {
+                if let Some(c) = chain {
+                    command += &format!(" {flag} \"{c}\"");
+                }
+            }
+            if full {
+                command += " --full";
+            }
+            let opts = firewall::Options {
+                input: input_chain,
+                forward: forward_chain,
+                full,
+                command,
+            };
+            nft(&config, &opts, ruleset.as_deref(), apply)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,9 +123,52 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<()> {
+fn check(path: &PathBuf, quiet: bool) -> anyhow::Result<()> {
     let config = load(Some(path))?;
-    print!("{}", config.to_yaml());
+    if !quiet {
+        print!("{}", config.to_yaml());
+    }
+    Ok(())
+}
+
+/// `ftpgate nft`: generates the rules; prints or loads them; notes go to stderr.
+fn nft(
+    path: &Path,
+    opts: &firewall::Options,
+    ruleset: Option<&Path>,
+    apply: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    // The running ruleset: which chains to join, and whether they already jump to ours.
+    let live = match (opts.full, ruleset) {
+        (true, _) => None,
+        (false, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            Some(LiveRuleset::from_json(&text)?)
+        }
+        (false, None) => match LiveRuleset::read() {
+            Ok(live) => Some(live),
+            // Without it, named chains still work (the jump is then always written).
+            Err(e) if opts.input.is_some() || opts.forward.is_some() => {
+                eprintln!("ftpgate nft: {e}; the jumps are written unconditionally");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let generated = firewall::generate(&config, opts, live.as_ref(), &LocalHost)?;
+    for note in &generated.notes {
+        eprintln!("ftpgate nft: {note}");
+    }
+    if !apply {
+        print!("{}", generated.text);
+        return Ok(());
+    }
+    ftpgate::sys::nftables::load(&generated.text)
+        .map_err(anyhow::Error::msg)
+        .context("nft -f refused the rules")?;
+    eprintln!("ftpgate nft: loaded");
     Ok(())
 }
 

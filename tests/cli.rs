@@ -106,3 +106,57 @@ fn sigterm_stops_the_gateway_cleanly() {
     assert!(status.success(), "{status}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn check_quiet_prints_nothing_for_a_valid_configuration_and_errors_for_a_bad_one() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let out = ftpgate()
+        .args(["check", "--quiet", "--config"])
+        .arg(dir.join("outbound.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    let (_d, bad) = config_file("bad.yaml", "gateways: []\nlimits: { max_sessions: 0 }\n");
+    let out = ftpgate()
+        .args(["check", "--quiet", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !out.stderr.is_empty(),
+        "a bad configuration is still reported"
+    );
+}
+
+#[test]
+fn sessions_says_what_to_check_when_there_is_no_socket_or_nobody_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let out = ftpgate()
+        .args(["sessions", "--socket"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("admin: { socket: PATH }") && err.contains("--socket"),
+        "{err}"
+    );
+    // A socket file left from an earlier run: nobody listens on it.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = ftpgate()
+        .args(["sessions", "--socket"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nobody listens") && err.contains("not running"),
+        "{err}"
+    );
+}

@@ -189,3 +189,36 @@ fn every_metric_on_the_dashboard_exists_in_a_real_scrape() {
     }
     assert!(queried >= 10);
 }
+
+#[test]
+fn nftables_files_are_what_ftpgate_nft_prints_for_the_example_configs() {
+    let mut compared = 0;
+    for entry in std::fs::read_dir(repo("deploy/nftables")).unwrap() {
+        let file = entry.unwrap().path();
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let config = format!("config/{stem}.yaml");
+        assert!(
+            repo(&config).exists(),
+            "{}: every shipped rule file is generated from config/{stem}.yaml",
+            file.display()
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_ftpgate"))
+            .current_dir(repo("."))
+            .args(["nft", "--full", "--config", &config])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shipped = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            shipped == String::from_utf8_lossy(&out.stdout),
+            "{} drifted from its configuration; regenerate it:\n  ftpgate nft --full --config {config} > deploy/nftables/{stem}.nft",
+            file.display()
+        );
+        compared += 1;
+    }
+    assert!(compared >= 4, "outbound, outbound-tproxy, publish, router");
+}

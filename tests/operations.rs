@@ -265,3 +265,35 @@ fn sigterm_tells_idle_clients_421_and_lets_transfers_end_with_226_first() {
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn refusals_of_servers_and_unused_data_ports_name_their_rule() {
+    let server = PyFtpd::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("refusals.yaml");
+    let explicit = format!(
+        "  - name: proxy\n    listen: \"127.0.0.1:{}\"\n    upstream: \"user@host\"\n    server_side: {{ address: 127.0.0.1 }}\n    deny_servers: [\"127.0.0.0/8\"]\n    allow_server_ports: [{}]\n    data_ports: \"{}\"\n",
+        free_port(),
+        server.port,
+        data_ports(5)
+    );
+    write_config(
+        &config,
+        &[gateway("pub", free_port(), server.port), explicit],
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("limits:\n", "limits:\n  data_accept_timeout: 1s\n");
+    std::fs::write(&config, text).unwrap();
+    let gw = Running::start(&config);
+    // deny_servers: the explicit role refuses a server in the list.
+    let mut c = Control::connect(gw.listening("proxy"));
+    c.reply();
+    c.cmd(&format!("USER anonymous@127.0.0.1:{}", server.port));
+    gw.wait_for("rule=deny_servers");
+    // data_accept_timeout: a passive port nobody connects to.
+    let mut c = Control::connect(gw.listening("pub"));
+    c.login();
+    assert!(c.cmd("PASV").starts_with("227"));
+    gw.wait_for("rule=data_accept_timeout");
+}

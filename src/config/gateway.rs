@@ -6,7 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ClientSource, Net, PortRange, RelayMode, ServerMode, SideConfig, TlsPolicy, Upstream};
+use super::{
+    ClientSource, Intercept, InterceptMethod, Net, PortRange, RelayMode, ServerMode, SideConfig,
+    TlsPolicy, Upstream,
+};
 
 /// A gateway entry as written.
 #[derive(Debug, Deserialize)]
@@ -40,6 +43,8 @@ pub(super) struct RawGateway {
     relay: RelayMode,
     #[serde(default)]
     nat64_prefix: Option<Net>,
+    #[serde(default)]
+    intercept: Option<Intercept>,
 }
 
 fn default_data_ports() -> PortRange {
@@ -107,6 +112,9 @@ pub struct GatewayConfig {
     /// `64:ff9b::/96`) embed the IPv4 server to connect to (RFC 6052).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat64_prefix: Option<Net>,
+    /// Transparent role: how the router hands connections over, and which server ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intercept: Option<Intercept>,
 }
 
 impl GatewayConfig {
@@ -140,6 +148,21 @@ impl GatewayConfig {
     /// Whether a control connection from `ip` is allowed.
     pub fn client_allowed(&self, ip: IpAddr) -> bool {
         self.allow_clients.is_empty() || self.allow_clients.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether this gateway's sockets must be transparent (`IP_TRANSPARENT`): TPROXY
+    /// delivers connections for foreign addresses, and `client_source: server` dials from
+    /// the server's address. Both need `CAP_NET_ADMIN` and policy routing.
+    pub fn needs_transparent_sockets(&self) -> bool {
+        self.client_source == ClientSource::Server || self.listens_transparently()
+    }
+
+    /// Whether its listeners must be transparent sockets (TPROXY hands them connections
+    /// for foreign addresses).
+    pub fn listens_transparently(&self) -> bool {
+        self.intercept
+            .as_ref()
+            .is_some_and(|i| i.method == InterceptMethod::Tproxy)
     }
 
     /// Whether `ip` is one of the operator's exceptions in `allow_servers`.
@@ -192,6 +215,25 @@ pub(super) fn resolve_gateway(
         ));
     }
     let allow_server_ports = server_ports_of(&g).map_err(|e| (key("allow_server_ports"), e))?;
+    let intercept = match (g.upstream == Upstream::Transparent, g.intercept) {
+        (true, i) => {
+            let i = i.unwrap_or_default();
+            if i.ports.is_empty() || i.ports.contains(&0) {
+                return Err((
+                    key("intercept.ports"),
+                    "expected one or more server ports such as [21]".into(),
+                ));
+            }
+            Some(i)
+        }
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err((
+                key("intercept"),
+                "only for upstream: transparent (the other roles are not intercepted)".into(),
+            ))
+        }
+    };
     if g.relay == RelayMode::Kernel {
         for (name, side) in [
             ("client_side", &client_side),
@@ -232,6 +274,7 @@ pub(super) fn resolve_gateway(
         allow_privileged_ports: g.allow_privileged_ports,
         relay: g.relay,
         nat64_prefix: g.nat64_prefix,
+        intercept,
     })
 }
 
@@ -240,8 +283,8 @@ fn client_side_of(
     g: &RawGateway,
     key: &dyn Fn(&str) -> String,
 ) -> Result<SideConfig, (String, String)> {
-    match g.client_side {
-        Some(side) => Ok(side),
+    match &g.client_side {
+        Some(side) => Ok(side.clone()),
         None if g.listen.ip().is_unspecified() => Err((
             key("client_side.address"),
             format!("required when listen is {} (a wildcard)", g.listen.ip()),
@@ -249,6 +292,7 @@ fn client_side_of(
         None => Ok(SideConfig {
             address: g.listen.ip(),
             announce: None,
+            interface: None,
         }),
     }
 }

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use gateway::{GatewayConfig, DEFAULT_DENY_SERVERS, DEFAULT_SERVER_PORTS};
 pub use limits::Limits;
 pub use values::{
-    ClientSource, HumanDuration, Net, PortRange, RelayMode, ServerMode, SideConfig, TlsPolicy,
-    Upstream,
+    ClientSource, HumanDuration, Intercept, InterceptMethod, Interface, Net, PortRange, RelayMode,
+    ServerMode, SideConfig, TlsPolicy, Upstream,
 };
 
 use gateway::{resolve_gateway, RawGateway};
@@ -77,8 +77,31 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The kernel data path's nftables settings (used by `relay: kernel` gateways).
     pub kernel: KernelConfig,
+    /// Policy routing for transparent sockets (TPROXY, `client_source: server`).
+    pub policy_routing: PolicyRouting,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Policy routing for transparent sockets: packets that belong to one of ftpgate's
+/// transparent sockets (or that TPROXY hands to it) carry this firewall mark and are
+/// routed to the host itself by a rule ftpgate installs at start and removes at exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyRouting {
+    /// The firewall mark (`meta mark`) of those packets.
+    pub mark: u32,
+    /// The routing table that delivers them locally.
+    pub table: u32,
+}
+
+impl Default for PolicyRouting {
+    fn default() -> Self {
+        Self {
+            mark: 1,
+            table: 100,
+        }
+    }
 }
 
 /// The kernel data path's settings.
@@ -127,6 +150,8 @@ struct RawConfig {
     admin: Option<AdminConfig>,
     #[serde(default)]
     kernel: KernelConfig,
+    #[serde(default)]
+    policy_routing: PolicyRouting,
     #[serde(default)]
     log: LogConfig,
 }
@@ -230,6 +255,19 @@ impl Config {
                 "expected a non-zero mark in the high 16 bits, such as 0x46470000".into(),
             )));
         }
+        let r = raw.policy_routing;
+        if r.mark == 0 {
+            return Err(invalid((
+                "policy_routing.mark".into(),
+                "expected a non-zero firewall mark".into(),
+            )));
+        }
+        if r.table == 0 || (253..=255).contains(&r.table) {
+            return Err(invalid((
+                "policy_routing.table".into(),
+                "expected a routing table of ftpgate's own (not 0, 253 default, 254 main, 255 local)".into(),
+            )));
+        }
         let gateways = resolve_gateways(raw.gateways).map_err(invalid)?;
         Ok(Config {
             gateways,
@@ -237,6 +275,7 @@ impl Config {
             metrics: raw.metrics,
             admin: raw.admin,
             kernel: raw.kernel,
+            policy_routing: raw.policy_routing,
             log: raw.log,
         })
     }
@@ -443,6 +482,44 @@ gateways:
 
     fn error_of(yaml: &str) -> String {
         Config::parse(yaml, "bad.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn router_keys_interface_intercept_and_policy_routing() {
+        let e = error_of(&MINIMAL.replace("127.0.0.1 }", "127.0.0.1, interface: \"wan 0\" }"));
+        assert!(
+            e.contains("gateways[0].server_side") && e.contains("interface name"),
+            "{e}"
+        );
+        let e = error_of(&format!("{MINIMAL}    intercept: {{ method: tproxy }}\n"));
+        assert!(
+            e.contains("gateways[0].intercept") && e.contains("transparent"),
+            "{e}"
+        );
+        let transparent = MINIMAL.replace("\"10.0.0.5:21\"", "transparent");
+        let e = error_of(&format!("{transparent}    intercept: {{ ports: [] }}\n"));
+        assert!(e.contains("gateways[0].intercept.ports"), "{e}");
+        let e = error_of(&format!("{transparent}    intercept: {{ method: nat }}\n"));
+        assert!(e.contains("tproxy"), "{e}");
+        // A transparent gateway is intercepted by redirect of port 21 unless told; its
+        // active-mode dials come from the server's address (a transparent socket).
+        let c = Config::parse(&transparent, "t.yaml").unwrap();
+        let g = &c.gateways[0];
+        assert_eq!(g.intercept, Some(Intercept::default()));
+        assert!(!g.listens_transparently() && g.needs_transparent_sockets());
+        let c = Config::parse(
+            &format!("{transparent}    intercept: {{ method: tproxy, ports: [21, 990] }}\npolicy_routing: {{ mark: 7, table: 77 }}\n"),
+            "t.yaml",
+        )
+        .unwrap();
+        assert!(c.gateways[0].listens_transparently());
+        assert_eq!(
+            c.gateways[0].intercept.as_ref().unwrap().ports,
+            vec![21, 990]
+        );
+        assert_eq!((c.policy_routing.mark, c.policy_routing.table), (7, 77));
+        let e = error_of(&format!("{MINIMAL}policy_routing: {{ mark: 0 }}\n"));
+        assert!(e.contains("policy_routing"), "{e}");
     }
 
     #[test]

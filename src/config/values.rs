@@ -254,7 +254,7 @@ impl RelayMode {
 }
 
 /// Addresses of one side of a gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SideConfig {
     /// Data listeners for this side bind here; connections toward this side start here.
@@ -262,4 +262,82 @@ pub struct SideConfig {
     /// Written into replies/commands for this side's peer (default: `address`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<IpAddr>,
+    /// The network interface this side's peers are behind, for the firewall rules
+    /// `ftpgate nft` writes (default: the interface that holds `address`, found when the
+    /// rules are generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<Interface>,
+}
+
+/// A network interface name, as nftables matches it (`iifname`/`oifname`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Interface(pub String);
+
+impl TryFrom<String> for Interface {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        let ok = (1..16).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-@:".contains(c));
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "expected an interface name of 1 to 15 letters, digits or ._-@: (got {name:?})"
+            ))
+        }
+    }
+}
+
+impl From<Interface> for String {
+    fn from(i: Interface) -> String {
+        i.0
+    }
+}
+
+impl std::fmt::Display for Interface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the transparent role's router hands connections to ftpgate (it only changes the
+/// rules `ftpgate nft` writes, and whether listeners must be transparent sockets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    /// `redirect` (NAT; the original destination from conntrack) or `tproxy` (no NAT;
+    /// transparent sockets, policy routing).
+    #[serde(default)]
+    pub method: InterceptMethod,
+    /// The server ports whose connections are intercepted.
+    #[serde(default = "default_intercept_ports")]
+    pub ports: Vec<u16>,
+}
+
+fn default_intercept_ports() -> Vec<u16> {
+    vec![21]
+}
+
+impl Default for Intercept {
+    fn default() -> Self {
+        Self {
+            method: InterceptMethod::default(),
+            ports: default_intercept_ports(),
+        }
+    }
+}
+
+/// See [`Intercept::method`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InterceptMethod {
+    /// nftables `redirect`.
+    #[default]
+    Redirect,
+    /// nftables `tproxy`.
+    Tproxy,
 }

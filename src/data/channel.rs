@@ -98,6 +98,7 @@ pub async fn run(id: ChannelId, listeners: Listeners, plan: DataPlan, ctx: Chann
         Err(e) => {
             if let ChannelError::AcceptTimeout { .. } = e {
                 telemetry::refused(&ctx.gateway, Rule::DataAcceptTimeout);
+                tracing::warn!(rule = %Rule::DataAcceptTimeout, channel = id, "{e}; data port closed");
             }
             DataEvent::Failed(e.to_string())
         }

@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ use crate::config::KernelConfig;
 use crate::plan::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Endpoint};
 use crate::sys::conntrack::{Conntrack, Counter};
 use crate::sys::nflog::{LoggedPacket, Nflog};
-use crate::sys::nftables::{concat, Element, Field, Nftables, TABLE};
+use crate::sys::nftables::{self, concat, Element, Field, Nftables, TABLE};
 
 /// Why the kernel data path could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +43,9 @@ pub enum KernelError {
     )]
     Netlink(io::Error),
 }
+
+/// `ENOENT`: a table, set or element that does not exist.
+const ENOENT: i32 = 2;
 
 /// The ruleset of ftpgate's table for `cfg`, as `nft -f` reads it.
 pub fn ruleset(cfg: &KernelConfig) -> String {
@@ -76,29 +78,6 @@ pub fn ruleset(cfg: &KernelConfig) -> String {
          \tchain kernel_log {{\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
          \t\tct mark and {mask:#x} == {mark:#x} tcp flags & (syn | fin | rst) != 0 log group {group} snaplen 120 queue-threshold 1\n\t}}\n}}\n"
     )
-}
-
-/// Loads `text` with `nft -f -` (at start-up and exit only; transfers use netlink).
-fn nft(text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
 }
 
 /// Turns on conntrack's byte counters (`net.netfilter.nf_conntrack_acct`, per network
@@ -360,7 +339,7 @@ impl KernelPath {
     /// Installs ftpgate's table (replacing a stale one), turns conntrack accounting on,
     /// and starts reading NFLOG. Must run inside the tokio runtime.
     pub fn start(cfg: &KernelConfig) -> Result<Arc<Self>, KernelError> {
-        nft(&ruleset(cfg)).map_err(KernelError::Table)?;
+        nftables::load(&ruleset(cfg)).map_err(KernelError::Table)?;
         enable_conntrack_accounting();
         let nft = Nftables::open().map_err(KernelError::Netlink)?;
         let nflog = Nflog::bind(cfg.log_group).map_err(KernelError::Netlink)?;
@@ -403,7 +382,7 @@ impl KernelPath {
 
     /// Removes ftpgate's table (at exit).
     pub fn stop() {
-        if let Err(e) = nft(&format!("delete table inet {TABLE}\n")) {
+        if let Err(e) = nftables::load(&format!("delete table inet {TABLE}\n")) {
             tracing::warn!(error = %e, "cannot remove ftpgate's nftables table");
         }
     }
@@ -439,7 +418,7 @@ impl KernelPath {
                 fin: [None; 2],
             },
         );
-        if let Err(e) = self.nft.add(&elements) {
+        if let Err(e) = self.add(&elements) {
             self.flows().remove(&key);
             return Err(e);
         }
@@ -465,6 +444,21 @@ impl KernelPath {
             watchdog,
             expires: Instant::now() + timeout,
         })
+    }
+
+    /// Adds `elements`; if ftpgate's table is gone (the ruleset was reloaded with
+    /// `flush ruleset` under it), installs it again first.
+    fn add(&self, elements: &[Element]) -> io::Result<()> {
+        match self.nft.add(elements) {
+            Err(e) if e.raw_os_error() == Some(ENOENT) => {
+                tracing::warn!(
+                    "ftpgate's nftables table inet {TABLE} is gone (was the ruleset flushed?); installing it again"
+                );
+                nftables::load(&ruleset(&self.cfg)).map_err(io::Error::other)?;
+                self.nft.add(elements)
+            }
+            other => other,
+        }
     }
 
     /// Removes a channel's mapping: no new connection is forwarded for it (a flow already

@@ -69,8 +69,8 @@ fn random_start(size: usize) -> usize {
 }
 
 impl PortPool {
-    /// A pool over `range`. With `transparent`, listeners get `IP_TRANSPARENT` when the
-    /// process may set it, so that TPROXY can deliver redirected data connections to them.
+    /// A pool over `range`. With `transparent`, listeners get `IP_TRANSPARENT`, so that
+    /// TPROXY can deliver intercepted data connections to them.
     pub fn new(gateway: Arc<str>, range: PortRange, transparent: bool) -> Arc<Self> {
         telemetry::data_ports_size(&gateway, range.count());
         Arc::new(Self {
@@ -153,9 +153,8 @@ fn bind_listener(addr: SocketAddr, transparent: bool) -> std::io::Result<std::ne
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if transparent {
-        // Without CAP_NET_ADMIN this fails; REDIRECT still works, TPROXY does not (logged
-        // once at start-up for the control listener).
-        let _ = crate::sys::set_transparent(&socket, addr.is_ipv6());
+        // TPROXY hands these listeners connections for foreign addresses.
+        crate::sys::set_transparent(&socket, addr.is_ipv6())?;
     }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

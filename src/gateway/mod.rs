@@ -14,7 +14,7 @@ mod connection;
 mod upstream;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Registry;
-use crate::config::{Config, GatewayConfig, Limits, RelayMode, Upstream};
+use crate::config::{ClientSource, Config, GatewayConfig, Limits, RelayMode};
 use crate::data::kernel::{KernelError, KernelPath};
 use crate::data::ports::PortPool;
+use crate::sys::routing::PolicyRoutes;
 use crate::telemetry;
 
 use admission::Admission;
@@ -35,7 +36,7 @@ use admission::Admission;
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// A listening socket could not be bound.
-    #[error("gateway {name:?}: cannot listen on {addr}: {error}")]
+    #[error("gateway {name:?}: cannot listen on {addr}: {error}{}", bind_hint(.addr, .error))]
     Bind {
         /// Gateway name.
         name: String,
@@ -44,6 +45,23 @@ pub enum GatewayError {
         /// Why.
         error: io::Error,
     },
+    /// A feature the gateway uses needs a privilege the process lacks.
+    #[error(
+        "gateway {name:?}: {key}: {what} needs CAP_NET_ADMIN, which this process lacks ({error})"
+    )]
+    Privilege {
+        /// Gateway name.
+        name: String,
+        /// The configuration key that asks for the feature.
+        key: &'static str,
+        /// The feature.
+        what: &'static str,
+        /// What the probe got.
+        error: io::Error,
+    },
+    /// The policy routing of transparent sockets could not be installed.
+    #[error("policy routing for transparent sockets (policy_routing): {0}; it needs CAP_NET_ADMIN and iproute2")]
+    Routing(String),
     /// `relay: kernel` could not set up its nftables table and netlink sockets.
     #[error("gateway {name:?}: {error}")]
     Kernel {
@@ -52,6 +70,15 @@ pub enum GatewayError {
         /// What is missing.
         error: KernelError,
     },
+}
+
+/// The hint an unprivileged bind gets.
+fn bind_hint(addr: &SocketAddr, error: &io::Error) -> &'static str {
+    if error.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        " (ports below 1024 need CAP_NET_BIND_SERVICE)"
+    } else {
+        ""
+    }
 }
 
 /// What every session of one gateway shares.
@@ -95,6 +122,9 @@ pub struct Gateways {
     registry: Arc<Registry>,
     /// Started with the first `relay: kernel` gateway; its table goes at shutdown.
     kernel: Option<Arc<KernelPath>>,
+    /// Installed with the first gateway that needs transparent sockets; removed at
+    /// shutdown.
+    routing: Option<PolicyRoutes>,
     shutdown: watch::Sender<Option<Instant>>,
     alive: mpsc::Sender<()>,
     all_gone: mpsc::Receiver<()>,
@@ -111,11 +141,13 @@ impl Gateways {
             admission: Arc::new(Admission::default()),
             registry: Arc::new(Registry::default()),
             kernel: None,
+            routing: None,
             shutdown: watch::Sender::new(None),
             alive,
             all_gone,
         };
         gateways.start_kernel(config)?;
+        gateways.start_routing(config)?;
         let prepared = gateways.prepare(config)?;
         gateways.commit(prepared);
         Ok(gateways)
@@ -127,6 +159,7 @@ impl Gateways {
     /// the settings they started with. Returns once removed listeners are closed.
     pub async fn reload(&mut self, config: &Config) -> Result<(), GatewayError> {
         self.start_kernel(config)?;
+        self.start_routing(config)?;
         let prepared = self.prepare(config)?;
         for gone in self.commit(prepared) {
             gone.accept.abort();
@@ -164,6 +197,66 @@ impl Gateways {
         Ok(())
     }
 
+    /// Checks that the process may make the transparent sockets the gateways need, and
+    /// installs their policy routing (for each family they use) when first needed.
+    fn start_routing(&mut self, config: &Config) -> Result<(), GatewayError> {
+        let mut families = Vec::new();
+        for g in config
+            .gateways
+            .iter()
+            .filter(|g| g.needs_transparent_sockets())
+        {
+            let (key, what) = if g.client_source == ClientSource::Server {
+                (
+                    "client_source",
+                    "`server` (dialling from the server's address)",
+                )
+            } else {
+                ("intercept.method", "`tproxy` (transparent listeners)")
+            };
+            // A dual-stack listener ([::]) takes clients of both families.
+            let flags: &[&'static str] = match g.listen.ip() {
+                IpAddr::V6(v6) if v6.is_unspecified() => &["-4", "-6"],
+                IpAddr::V6(_) => &["-6"],
+                IpAddr::V4(_) => &["-4"],
+            };
+            for &flag in flags {
+                crate::sys::probe_transparent(flag == "-6").map_err(|error| {
+                    GatewayError::Privilege {
+                        name: g.name.clone(),
+                        key,
+                        what,
+                        error,
+                    }
+                })?;
+                if !families.contains(&flag) {
+                    families.push(flag);
+                }
+            }
+        }
+        if families.is_empty() {
+            return Ok(());
+        }
+        let r = config.policy_routing;
+        match &mut self.routing {
+            Some(routes) => {
+                for flag in families {
+                    if !routes.covers(flag) {
+                        routes.add(flag).map_err(GatewayError::Routing)?;
+                    }
+                }
+            }
+            None => {
+                self.routing = Some(
+                    PolicyRoutes::install(r.mark, r.table, &families)
+                        .map_err(GatewayError::Routing)?,
+                );
+                tracing::info!(mark = %format!("{:#x}", r.mark), table = r.table, "policy routing for transparent sockets in place");
+            }
+        }
+        Ok(())
+    }
+
     fn prepare(&self, config: &Config) -> Result<Vec<Prepared>, GatewayError> {
         let mut prepared = Vec::new();
         for g in &config.gateways {
@@ -172,7 +265,7 @@ impl Gateways {
                 .iter()
                 .position(|s| s.listen == g.listen && s.ctx.load().cfg.name == g.name);
             let name: Arc<str> = Arc::from(g.name.as_str());
-            let transparent = g.upstream == Upstream::Transparent;
+            let transparent = g.listens_transparently();
             let context = |listen_addr, pool| GatewayContext {
                 cfg: g.clone(),
                 name: Arc::clone(&name),
@@ -283,6 +376,7 @@ impl Gateways {
             alive,
             mut all_gone,
             kernel,
+            routing,
             ..
         } = self;
         for s in &serving {
@@ -307,6 +401,9 @@ impl Gateways {
         if kernel.is_some() {
             KernelPath::stop();
         }
+        if let Some(r) = routing {
+            r.remove();
+        }
     }
 }
 
@@ -320,11 +417,10 @@ fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
     if g.listen.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    if g.upstream == Upstream::Transparent {
-        // TPROXY delivers connections for foreign addresses only to transparent sockets.
-        if let Err(e) = crate::sys::set_transparent(&socket, g.listen.is_ipv6()) {
-            tracing::info!(gateway = %g.name, error = %e, "IP_TRANSPARENT unavailable: REDIRECT works, TPROXY does not");
-        }
+    if g.listens_transparently() {
+        // TPROXY delivers connections for foreign addresses only to transparent sockets
+        // (the privilege was checked at start).
+        crate::sys::set_transparent(&socket, g.listen.is_ipv6())?;
     }
     socket.bind(&g.listen.into())?;
     socket.listen(1024)?;

@@ -9,6 +9,7 @@ pub mod conntrack;
 pub mod nflog;
 pub mod nfnetlink;
 pub mod nftables;
+pub mod routing;
 
 use std::io;
 use std::net::SocketAddr;
@@ -64,6 +65,19 @@ pub fn set_transparent<'s>(socket: impl Into<SockRef<'s>>, ipv6: bool) -> io::Re
     } else {
         sock.set_ip_transparent_v4(true)
     }
+}
+
+/// Whether this process may make transparent sockets of a family (`CAP_NET_ADMIN`): the
+/// check at start-up, so that a missing privilege is a start-up error and not a failure
+/// at the first transfer.
+pub fn probe_transparent(ipv6: bool) -> io::Result<()> {
+    let domain = if ipv6 {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    set_transparent(&socket, ipv6)
 }
 
 /// Lets the socket bind a foreign address; unsupported off Linux.

@@ -1,5 +1,6 @@
-//! ftpgate's nftables table at run time: elements of its sets and maps, added and deleted
-//! in nf_tables batches over one netlink socket kept open (no process per transfer).
+//! ftpgate's nftables at run time: elements of its sets and maps, added and deleted in
+//! nf_tables batches over one netlink socket kept open (no process per transfer); and
+//! whole rule files, loaded with `nft -f` (at start-up, exit and `ftpgate nft --apply`).
 //!
 //! Keys and values of concatenated set types are each field padded to 4 bytes: an IPv4
 //! address (4 bytes), an IPv6 address (16), a port (2, big-endian, then 2 zero bytes).
@@ -36,6 +37,30 @@ const NFTA_DATA_VALUE: u16 = 1;
 const ENOENT: i32 = 2;
 const EINVAL: i32 = 22;
 const EOPNOTSUPP: i32 = 95;
+
+/// Loads `text` with `nft -f -`; the error is what nft said.
+pub fn load(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
 
 /// One field of a concatenated key or value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -93,7 +93,7 @@ class Topology:
     def run(self, where, cmd, **kw):
         return subprocess.run(["ip", "netns", "exec", self.ns[where], *cmd], **kw)
 
-    def up(self):
+    def up(self, policy_routing=True):
         for name in self.ns.values():
             self.ip("netns", "add", name)
             self.ip("-n", name, "link", "set", "lo", "up")
@@ -125,7 +125,14 @@ class Topology:
         self.ip("-n", self.ns["lan6"], "-6", "route", "add", "default", "via", "2001:db8:6::1")
         self.run("rtr", ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
         self.run("rtr", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
-        self.run("rtr", ["sh", os.path.join(REPO, "deploy/outbound-policy-routing.sh")], check=True)
+        if policy_routing:
+            # What ftpgate installs at start for transparent sockets, here once for the
+            # whole run: several gateways come and go, none of them owns it then.
+            for family, local in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+                self.run("rtr", ["ip", family, "rule", "add", "fwmark", "1", "lookup", "100"],
+                         check=True)
+                self.run("rtr", ["ip", family, "route", "replace", "local", local, "dev", "lo",
+                                 "table", "100"], check=True)
 
     def spawn(self, where, cmd, log_name):
         log = open(os.path.join(self.work, log_name), "ab")

@@ -128,7 +128,7 @@ def main():
         # 2. Outbound transparent through ftpgate (REDIRECT, then TPROXY), forward closed.
         through_ftpgate("outbound", "config/outbound.yaml", "10.0.0.1:2121", OUTBOUND,
                         inet_server, files=["deploy/nftables/outbound.nft"])
-        through_ftpgate("tproxy", "config/outbound.yaml", "10.0.0.1:2121", OUTBOUND,
+        through_ftpgate("tproxy", "config/outbound-tproxy.yaml", "10.0.0.1:2121", OUTBOUND,
                         inet_server, files=["deploy/nftables/outbound-tproxy.nft"])
         # 3. Publish through ftpgate, forward chain closed.
         through_ftpgate("publish", "config/publish.yaml", "203.0.113.1:21", PUBLISH,
