@@ -10,7 +10,10 @@
 //!   (`FTPGATE_FAULTS_LONG=1` makes the soak five minutes);
 //! - `kernel_path.py`: `relay: kernel`'s security rules against a server that accepts any
 //!   data connection, the bytes bypassing ftpgate (CPU, `conntrack -L`, exact logs),
-//!   short active listings, and start-up without CAP_NET_ADMIN.
+//!   short active listings, and start-up without CAP_NET_ADMIN;
+//! - `router.py`: a router with its own accept-based firewall; `ftpgate nft --apply` and
+//!   the systemd unit's commands as written; all three roles at once from
+//!   `config/router.yaml`; a simulated reboot; start-up refused without privileges.
 //!
 //! Needs root. Without root each test is skipped with a loud message, except under CI
 //! (`CI` set), where a skip would hide missing coverage and so fails instead.
@@ -65,4 +68,9 @@ fn faults_end_to_end() {
 #[test]
 fn kernel_data_path() {
     run_lab("kernel_path.py");
+}
+
+#[test]
+fn router_with_its_own_firewall() {
+    run_lab("router.py");
 }
