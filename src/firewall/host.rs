@@ -9,6 +9,8 @@ use ipnet::IpNet;
 pub trait Host {
     /// The interface that holds `ip`, and the network it is on there.
     fn interface_of(&self, ip: IpAddr) -> Option<(String, IpNet)>;
+    /// Whether an interface of that name exists now.
+    fn has_interface(&self, name: &str) -> bool;
 }
 
 /// The machine ftpgate runs on.
@@ -34,6 +36,10 @@ impl Host for LocalHost {
                 Some((i.name, net.trunc()))
             })
     }
+
+    fn has_interface(&self, name: &str) -> bool {
+        std::path::Path::new("/sys/class/net").join(name).exists()
+    }
 }
 
 /// A host described by a list (tests).
@@ -48,5 +54,9 @@ impl Host for KnownHost {
             .iter()
             .find(|(a, _, _)| *a == ip.to_canonical())
             .map(|(_, name, net)| (name.clone(), *net))
+    }
+
+    fn has_interface(&self, name: &str) -> bool {
+        self.0.iter().any(|(_, n, _)| n == name)
     }
 }
