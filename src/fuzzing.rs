@@ -14,7 +14,7 @@ use crate::ftp::line::{clean_line, LineFramer};
 use crate::ftp::reply::{ReplyAssembler, ReplyLimits};
 use crate::plan::{ChannelId, DataEvent, DataOpenError, DataPlan, DataStats, Endpoint, Ports};
 use crate::session::{
-    Action, Event, Session, SessionLimits, SessionParams, SideAddrs, UpstreamKind,
+    Action, Event, Session, SessionLimits, SessionParams, SideAddrs, TlsParams, UpstreamKind,
 };
 
 /// Every codec of the control protocol on arbitrary bytes: no panic, and what parses
@@ -88,7 +88,7 @@ pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
             announce: IpAddr::from([203, 0, 113, 2]),
         },
         client_source: ClientSource::Gateway,
-        tls: TlsPolicy::Refuse,
+        tls: TlsParams::default(),
         limits: LAB_LIMITS,
         allow_server_ports: vec![21],
         allow_privileged_ports: false,
@@ -107,10 +107,14 @@ impl Shell {
     /// Feeds `event`, then the answers to the channels it opened; returns every action.
     fn drive(&mut self, s: &mut Session, now: Instant, event: Event) -> Vec<Action> {
         let mut all = Vec::new();
-        let mut next = Some(event);
-        while let Some(event) = next.take() {
+        let mut next = vec![event];
+        while let Some(event) = next.pop() {
             let actions = s.handle(now, event);
             for a in &actions {
+                // The handshake the shell would make succeeds.
+                if let Action::StartClientTls = a {
+                    next.push(Event::ClientTls(Ok(())));
+                }
                 if let Action::OpenChannel { id, plan } = a {
                     self.plans.push(plan.clone());
                     let result = if self.fail {
@@ -123,7 +127,7 @@ impl Shell {
                             kernel: self.plans.len() % 2 == 0,
                         })
                     };
-                    next = Some(Event::ChannelOpened { id: *id, result });
+                    next.push(Event::ChannelOpened { id: *id, result });
                 }
             }
             all.extend(actions);
@@ -179,10 +183,14 @@ fn params_of(flags: u8) -> SessionParams {
         } else {
             UpstreamKind::Explicit
         },
-        tls: if flags & 2 == 0 {
-            TlsPolicy::Refuse
-        } else {
-            TlsPolicy::Passthrough
+        tls: TlsParams {
+            policy: match (flags >> 1) % 3 {
+                0 => TlsPolicy::Refuse,
+                1 => TlsPolicy::Passthrough,
+                _ => TlsPolicy::Terminate,
+            },
+            require: flags & 64 != 0,
+            implicit: false,
         },
         allow_privileged_ports: flags & 4 != 0,
         server_mode: match (flags >> 4) % 3 {
@@ -232,9 +240,11 @@ fn event_of(kind: u8, bytes: &[u8], now: &mut Instant, s: &Session) -> Option<Ev
 
 /// What must hold of everything a session did, whatever it was fed.
 fn check_invariants(actions: &[Action], plans: &[DataPlan]) {
+    // A 234 without a handshake of ftpgate's: the client's TLS passes through.
     let in_passthrough = actions
         .iter()
-        .any(|a| matches!(a, Action::ToClient(b) if b.starts_with(b"234")));
+        .any(|a| matches!(a, Action::ToClient(b) if b.starts_with(b"234")))
+        && !actions.iter().any(|a| matches!(a, Action::StartClientTls));
     for a in actions {
         if let Action::ToServer(b) = a {
             // In TLS passthrough the bytes are the client's own, not ftpgate's words.

@@ -35,3 +35,4 @@ pub mod rules;
 pub mod session;
 pub mod sys;
 pub mod telemetry;
+pub mod tls;

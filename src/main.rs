@@ -125,6 +125,8 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 fn check(path: &PathBuf, quiet: bool) -> anyhow::Result<()> {
     let config = load(Some(path))?;
+    // The files of tls: terminate, as the gateway will read them.
+    ftpgate::tls::check(&config).with_context(|| path.display().to_string())?;
     if !quiet {
         print!("{}", config.to_yaml());
     }

@@ -54,6 +54,9 @@ pub struct DataPlan {
     pub client: Endpoint,
     /// The server's end.
     pub server: Endpoint,
+    /// The client's connection is TLS, ftpgate the TLS server (`tls: terminate` and
+    /// `PROT P`); the kernel cannot carry such a channel.
+    pub client_tls: bool,
 }
 
 impl DataPlan {

@@ -58,6 +58,16 @@ pub enum Rule {
     NotRedirected,
     /// §6.10: `AUTH` refused under `tls: refuse`.
     TlsRefused,
+    /// §6.10: plain-text bytes that followed `AUTH TLS` before the handshake were
+    /// discarded, never read as commands (STARTTLS command injection).
+    TlsInjection,
+    /// §6.10: `tls.require`: a login before `AUTH TLS`, or a data command before `PROT P`.
+    TlsRequired,
+    /// §6.10: `CCC` (clearing the control channel) refused.
+    CccRefused,
+    /// §6.10: a protected data connection that did not resume its control connection's TLS
+    /// session (`tls.require_reuse`; data-connection theft).
+    TlsReuse,
     /// §6.12: one server reply longer than `limits.max_reply_bytes`.
     ReplyTooLong,
     /// §6.12: one server reply of more lines than `limits.max_reply_lines`.
@@ -79,7 +89,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in DESIGN.md order.
-    pub const ALL: [Rule; 32] = [
+    pub const ALL: [Rule; 36] = [
         Rule::LineTooLong,
         Rule::NulInLine,
         Rule::LineSyntax,
@@ -104,6 +114,10 @@ impl Rule {
         Rule::DenyServers,
         Rule::NotRedirected,
         Rule::TlsRefused,
+        Rule::TlsInjection,
+        Rule::TlsRequired,
+        Rule::CccRefused,
+        Rule::TlsReuse,
         Rule::ReplyTooLong,
         Rule::ReplyTooManyLines,
         Rule::ReplyQueue,
@@ -141,6 +155,10 @@ impl Rule {
             Rule::DenyServers => "deny_servers",
             Rule::NotRedirected => "not_redirected",
             Rule::TlsRefused => "tls_refused",
+            Rule::TlsInjection => "tls_injection",
+            Rule::TlsRequired => "tls_required",
+            Rule::CccRefused => "ccc_refused",
+            Rule::TlsReuse => "tls_reuse",
             Rule::ReplyTooLong => "reply_too_long",
             Rule::ReplyTooManyLines => "reply_too_many_lines",
             Rule::ReplyQueue => "reply_queue",
@@ -172,7 +190,11 @@ impl Rule {
             | Rule::DataChannels
             | Rule::FdExhausted => 8,
             Rule::AllowClients | Rule::DenyServers | Rule::NotRedirected => 9,
-            Rule::TlsRefused => 10,
+            Rule::TlsRefused
+            | Rule::TlsInjection
+            | Rule::TlsRequired
+            | Rule::CccRefused
+            | Rule::TlsReuse => 10,
             Rule::ReplyTooLong
             | Rule::ReplyTooManyLines
             | Rule::ReplyQueue

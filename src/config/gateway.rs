@@ -6,9 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::values::RawTls;
 use super::{
     ClientSource, Intercept, InterceptMethod, Net, PortRange, RelayMode, ServerMode, SideConfig,
-    TlsPolicy, Upstream,
+    TlsPolicy, TlsSettings, Upstream, UpstreamTls,
 };
 
 /// A gateway entry as written.
@@ -36,7 +37,7 @@ pub(super) struct RawGateway {
     #[serde(default)]
     allow_server_ports: Option<Vec<u16>>,
     #[serde(default)]
-    tls: TlsPolicy,
+    tls: Option<RawTls>,
     #[serde(default)]
     allow_privileged_ports: bool,
     #[serde(default)]
@@ -101,8 +102,8 @@ pub struct GatewayConfig {
     /// Explicit role: the server ports a client may name in `USER name@host:port`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_server_ports: Vec<u16>,
-    /// `AUTH` policy.
-    pub tls: TlsPolicy,
+    /// `AUTH` policy, and TLS termination's settings.
+    pub tls: TlsSettings,
     /// Accept data ports below 1024 from clients and servers (for a legacy peer); off by
     /// default, logged at start-up when on.
     pub allow_privileged_ports: bool,
@@ -215,6 +216,7 @@ pub(super) fn resolve_gateway(
         ));
     }
     let allow_server_ports = server_ports_of(&g).map_err(|e| (key("allow_server_ports"), e))?;
+    let tls = tls_of(&g, key)?;
     let intercept = match (g.upstream == Upstream::Transparent, g.intercept) {
         (true, i) => {
             let i = i.unwrap_or_default();
@@ -270,12 +272,67 @@ pub(super) fn resolve_gateway(
         deny_servers,
         allow_servers: g.allow_servers,
         allow_server_ports,
-        tls: g.tls,
+        tls,
         allow_privileged_ports: g.allow_privileged_ports,
         relay: g.relay,
         nat64_prefix: g.nat64_prefix,
         intercept,
     })
+}
+
+/// The checked `tls` of entry `g`. The files are read when the gateway starts (and by
+/// `ftpgate check`), see [`crate::tls`].
+fn tls_of(g: &RawGateway, key: &dyn Fn(&str) -> String) -> Result<TlsSettings, (String, String)> {
+    let Some(raw) = &g.tls else {
+        return Ok(TlsSettings::of(TlsPolicy::Refuse));
+    };
+    let t = raw.resolve().map_err(|e| (key("tls"), e))?;
+    if !t.terminates() {
+        let extra = t.certificate.is_some()
+            || t.key.is_some()
+            || t.implicit_listen.is_some()
+            || t.require
+            || t.upstream != UpstreamTls::Plain
+            || t.upstream_ca.is_some()
+            || t.upstream_name.is_some();
+        if extra {
+            return Err((
+                key("tls.mode"),
+                "certificate, key, implicit_listen, require and upstream are for mode: terminate"
+                    .into(),
+            ));
+        }
+        return Ok(t);
+    }
+    if g.upstream == Upstream::Transparent {
+        return Err((
+            key("tls.mode"),
+            "terminate is for the publish and explicit roles: ftpgate cannot present a \
+             certificate for every server a transparent client reaches (passthrough can)"
+                .into(),
+        ));
+    }
+    for (name, value) in [("certificate", &t.certificate), ("key", &t.key)] {
+        if value.is_none() {
+            return Err((
+                key(&format!("tls.{name}")),
+                "required with mode: terminate (a PEM file)".into(),
+            ));
+        }
+    }
+    if t.implicit_listen == Some(g.listen) {
+        return Err((
+            key("tls.implicit_listen"),
+            "must differ from listen (implicit FTPS is a listener of its own)".into(),
+        ));
+    }
+    if t.upstream != UpstreamTls::Plain {
+        return Err((
+            key("tls.upstream"),
+            "only plain is implemented so far (TLS toward the server is not yet)".into(),
+        ));
+    }
+    Ok(t)
 }
 
 /// The client side: as written, or the listen address when that is not a wildcard.

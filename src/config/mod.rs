@@ -19,7 +19,7 @@ pub use gateway::{GatewayConfig, DEFAULT_DENY_SERVERS, DEFAULT_SERVER_PORTS};
 pub use limits::Limits;
 pub use values::{
     ClientSource, HumanDuration, Intercept, InterceptMethod, Interface, Net, PortRange, RelayMode,
-    ServerMode, SideConfig, TlsPolicy, Upstream,
+    ServerMode, SideConfig, TlsPolicy, TlsSettings, Upstream, UpstreamTls,
 };
 
 use gateway::{resolve_gateway, RawGateway};

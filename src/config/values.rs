@@ -3,7 +3,7 @@
 //! column; and the small enumerations of a gateway entry.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -226,6 +226,107 @@ pub enum TlsPolicy {
     Refuse,
     /// Relay the encrypted control channel blindly.
     Passthrough,
+    /// ftpgate is the TLS server toward clients, on the control and every data
+    /// connection, and reads and rewrites the control channel as in plain FTP.
+    Terminate,
+}
+
+/// TLS toward the server under `tls: terminate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain FTP to the server (FTPS in front of a server that speaks only FTP).
+    #[default]
+    Plain,
+    /// `AUTH TLS` to the server before the login.
+    Explicit,
+    /// TLS from the first byte (implicit FTPS).
+    Implicit,
+}
+
+/// A gateway's `tls`: the short forms `refuse` and `passthrough`, or a mapping whose
+/// `mode` may also be `terminate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// What to do with `AUTH`.
+    #[serde(default)]
+    pub mode: TlsPolicy,
+    /// PEM certificate chain presented to clients (`terminate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<std::path::PathBuf>,
+    /// PEM private key of the certificate (`terminate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// A second listener where TLS starts at once (implicit FTPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_listen: Option<SocketAddr>,
+    /// Plain-text login and unprotected data are refused (`530`, `521`).
+    #[serde(default)]
+    pub require: bool,
+    /// A protected data connection must resume its control connection's TLS session.
+    #[serde(default = "yes")]
+    pub require_reuse: bool,
+    /// TLS toward the server.
+    #[serde(default)]
+    pub upstream: UpstreamTls,
+    /// CA certificates (PEM) the server's certificate is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// The name checked in the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TlsSettings {
+    /// The settings of a short form.
+    pub fn of(mode: TlsPolicy) -> Self {
+        Self {
+            mode,
+            require_reuse: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the gateway terminates TLS.
+    pub fn terminates(&self) -> bool {
+        self.mode == TlsPolicy::Terminate
+    }
+}
+
+/// `tls` as written: a word or a mapping.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawTls {
+    /// `tls: refuse` or `tls: passthrough`.
+    Word(String),
+    /// `tls: { mode: …, … }`.
+    Mapping(serde_yaml::Mapping),
+}
+
+impl RawTls {
+    /// The settings, or what is wrong with them.
+    pub(super) fn resolve(&self) -> Result<TlsSettings, String> {
+        match self {
+            RawTls::Word(w) => match w.as_str() {
+                "refuse" => Ok(TlsSettings::of(TlsPolicy::Refuse)),
+                "passthrough" => Ok(TlsSettings::of(TlsPolicy::Passthrough)),
+                "terminate" => Err(
+                    "terminate needs a mapping: { mode: terminate, certificate: PEM, key: PEM }"
+                        .into(),
+                ),
+                other => Err(format!(
+                    "expected refuse, passthrough or a mapping with mode: terminate (got {other:?})"
+                )),
+            },
+            RawTls::Mapping(m) => serde_yaml::from_value(serde_yaml::Value::Mapping(m.clone()))
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// How data-connection bytes are moved.

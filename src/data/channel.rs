@@ -1,8 +1,12 @@
 //! One data channel: accept the expected peer on a one-shot listener, dial the other end,
-//! relay both directions with half-close, and report what happened to the session.
+//! relay both directions with half-close, and report what happened to the session. Under
+//! `tls: terminate` with `PROT P` the client's connection is TLS (ftpgate the server, in
+//! both modes), must resume its control connection's session (rule `tls_reuse`) and must
+//! end with close_notify when it carried data: a cut upload is never a complete one.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,9 +47,26 @@ pub enum ChannelError {
         /// Why.
         source: io::Error,
     },
-    /// The relay broke (reset, write error).
+    /// The relay broke (reset, write error, a TLS stream cut without close_notify).
     #[error("relay: {0}")]
     Relay(io::Error),
+    /// The client's TLS handshake on the data connection failed.
+    #[error("TLS handshake with the client: {0}")]
+    Tls(io::Error),
+    /// The client's protected data connection did not resume the control connection's
+    /// TLS session (rule `tls_reuse`).
+    #[error("the client's protected data connection did not resume its control connection's TLS session (tls.require_reuse)")]
+    TlsReuse,
+}
+
+/// TLS on the client's data connections: the session's configuration (its session cache
+/// is the control connection's), and whether resuming that session is required.
+#[derive(Debug, Clone)]
+pub struct DataTls {
+    /// The session's server configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// `tls.require_reuse`.
+    pub require_reuse: bool,
 }
 
 /// What a channel task needs besides its plan.
@@ -59,6 +80,8 @@ pub struct ChannelContext {
     pub events: mpsc::UnboundedSender<(ChannelId, DataEvent)>,
     /// How bytes are moved.
     pub relay: RelayMode,
+    /// TLS toward the client, for channels whose plan asks for it.
+    pub tls: Option<DataTls>,
 }
 
 /// A bound one-shot listener with the pool lease that holds its port.
@@ -96,9 +119,16 @@ pub async fn run(id: ChannelId, listeners: Listeners, plan: DataPlan, ctx: Chann
             DataEvent::Finished(stats)
         }
         Err(e) => {
-            if let ChannelError::AcceptTimeout { .. } = e {
-                telemetry::refused(&ctx.gateway, Rule::DataAcceptTimeout);
-                tracing::warn!(rule = %Rule::DataAcceptTimeout, channel = id, "{e}; data port closed");
+            match e {
+                ChannelError::AcceptTimeout { .. } => {
+                    telemetry::refused(&ctx.gateway, Rule::DataAcceptTimeout);
+                    tracing::warn!(rule = %Rule::DataAcceptTimeout, channel = id, "{e}; data port closed");
+                }
+                ChannelError::TlsReuse => {
+                    telemetry::refused(&ctx.gateway, Rule::TlsReuse);
+                    tracing::warn!(rule = %Rule::TlsReuse, channel = id, "{e}; closed");
+                }
+                _ => {}
             }
             DataEvent::Failed(e.to_string())
         }
@@ -129,12 +159,19 @@ async fn establish_and_relay(
         _ => tokio::try_join!(client, server)?,
     };
     drop(listeners);
+    // Established at the TCP level: a `150` waiting for the client's connection goes out
+    // now; an FTPS client may wait for it before its handshake.
     let _ = ctx.events.send((id, DataEvent::Established));
     let established = Instant::now();
     telemetry::data_setup_seconds(&ctx.gateway, mode, (established - opened).as_secs_f64());
-    let (to_server, to_client) = relay(id, client, server, ctx)
-        .await
-        .map_err(ChannelError::Relay)?;
+    let (to_server, to_client) = match (plan.client_tls, &ctx.tls) {
+        (true, Some(tls)) => {
+            let client = accept_tls(client, tls, ctx.timeout).await?;
+            relay_tls(id, client, server, ctx).await
+        }
+        _ => relay(id, client, server, ctx).await,
+    }
+    .map_err(ChannelError::Relay)?;
     Ok(DataStats {
         to_server,
         to_client,
@@ -254,6 +291,111 @@ async fn relay(
     Ok((up, down))
 }
 
+/// The TLS handshake on the client's data connection (ftpgate the server); with
+/// `require_reuse`, only a resumption of the control connection's session is accepted:
+/// the session's cache holds nothing else.
+async fn accept_tls(
+    client: TcpStream,
+    tls: &DataTls,
+    within: Duration,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ChannelError> {
+    let _ = client.set_nodelay(true);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+    let stream = tokio::time::timeout(within, acceptor.accept(client))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+        .map_err(ChannelError::Tls)?;
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if tls.require_reuse && !resumed {
+        reset(stream.get_ref().0);
+        return Err(ChannelError::TlsReuse);
+    }
+    Ok(stream)
+}
+
+/// [`relay`] for a TLS client connection: copied (TLS cannot be spliced). The client's
+/// upload must end with close_notify; a bare FIN after bytes is a cut transfer.
+async fn relay_tls(
+    id: ChannelId,
+    client: tokio_rustls::server::TlsStream<TcpStream>,
+    mut server: TcpStream,
+    ctx: &ChannelContext,
+) -> io::Result<(u64, u64)> {
+    let _ = server.set_nodelay(true);
+    let raw = socket2::SockRef::from(client.get_ref().0).try_clone();
+    let (client_rd, client_wr) = tokio::io::split(client);
+    let (server_rd, server_wr) = server.split();
+    let relayed = both_ways(
+        id,
+        ctx,
+        with_context(
+            copy_half(TruncationCheck::new(client_rd), server_wr),
+            "client to server",
+        ),
+        with_context(copy_half(server_rd, client_wr), "server to client"),
+    )
+    .await;
+    let (up, down) = relayed.inspect_err(|_| {
+        if let Ok(raw) = &raw {
+            let _ = raw.set_linger(Some(Duration::ZERO));
+        }
+        reset(&server);
+    })?;
+    telemetry::relayed(&ctx.gateway, up, down);
+    Ok((up, down))
+}
+
+/// Names the direction in a relay error.
+async fn with_context(
+    half: impl std::future::Future<Output = io::Result<u64>>,
+    what: &str,
+) -> io::Result<u64> {
+    half.await
+        .map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+/// A TLS reader whose end without close_notify is an error only once bytes came: a
+/// download's client that just closes has sent nothing to cut.
+struct TruncationCheck<R> {
+    inner: R,
+    seen: bool,
+}
+
+impl<R> TruncationCheck<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, seen: false }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TruncationCheck<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e))
+                if e.kind() == io::ErrorKind::UnexpectedEof && !this.seen =>
+            {
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client's TLS data connection ended without close_notify (a cut transfer)",
+                )))
+            }
+            std::task::Poll::Ready(Ok(())) => {
+                this.seen |= buf.filled().len() > before;
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
 /// Makes the socket's close send a reset (`SO_LINGER` 0).
 fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
@@ -345,12 +487,14 @@ mod tests {
                 to: server,
                 from: DialSource::Bind(LOCAL),
             },
+            client_tls: false,
         };
         let ctx = ChannelContext {
             gateway: "test".into(),
             timeout,
             events: tx,
             relay,
+            tls: None,
         };
         let listeners = Listeners {
             client: Some(Listening {

@@ -650,6 +650,7 @@ mod tests {
                 to: "198.51.100.7:30001".parse().unwrap(),
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
+            client_tls: false,
         };
         let m = Mapping::for_plan(&plan, 40001, ip("10.0.0.1"), true).unwrap();
         assert_eq!(m.peer, ip("10.0.0.5"));
@@ -672,6 +673,7 @@ mod tests {
                 on: ip("203.0.113.1"),
                 peer: ip("198.51.100.7"),
             },
+            client_tls: false,
         };
         let m = Mapping::for_plan(&plan, 40002, ip("192.0.2.1"), true).unwrap();
         assert_eq!(m.destinations, [ip("203.0.113.1"), ip("192.0.2.1")]);
@@ -690,6 +692,7 @@ mod tests {
         let both_accept = DataPlan {
             client: accept("10.0.0.1", "10.0.0.5"),
             server: accept("203.0.113.1", "198.51.100.7"),
+            client_tls: false,
         };
         assert_eq!(
             Mapping::for_plan(&both_accept, 1, ip("10.0.0.1"), true),
@@ -701,6 +704,7 @@ mod tests {
                 to: "198.51.100.7:30001".parse().unwrap(),
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
+            client_tls: false,
         };
         assert_eq!(Mapping::for_plan(&ftp64, 1, ip("2001:db8::1"), true), None);
     }

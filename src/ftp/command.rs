@@ -143,6 +143,14 @@ pub enum Command<'a> {
     User(&'a [u8]),
     /// `AUTH mechanism` (TLS, SSL, …).
     Auth(&'a [u8]),
+    /// `PBSZ size` (RFC 4217).
+    Pbsz(&'a [u8]),
+    /// `PROT level` (RFC 4217): `C`, `S`, `E` or `P`.
+    Prot(&'a [u8]),
+    /// `CCC`: clear the control channel (RFC 4217).
+    Ccc,
+    /// `FEAT` (RFC 2389).
+    Feat,
     /// `QUIT`.
     Quit,
     /// `ABOR` (Telnet `IAC IP IAC DM` in front of it already removed).
@@ -264,6 +272,14 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
         Command::User(arg.unwrap_or_default())
     } else if is("AUTH") {
         Command::Auth(arg.unwrap_or_default())
+    } else if is("PBSZ") {
+        Command::Pbsz(typed.unwrap_or_default())
+    } else if is("PROT") {
+        Command::Prot(typed.unwrap_or_default())
+    } else if is("CCC") {
+        Command::Ccc
+    } else if is("FEAT") {
+        Command::Feat
     } else if is("QUIT") {
         Command::Quit
     } else if is("ABOR") {
@@ -406,6 +422,9 @@ mod tests {
         );
         assert_eq!(parse_command(b"USER bob"), Command::User(b"bob"));
         assert_eq!(parse_command(b"AUTH TLS"), Command::Auth(b"TLS"));
+        assert_eq!(parse_command(b"PBSZ 0"), Command::Pbsz(b"0"));
+        assert_eq!(parse_command(b"prot P"), Command::Prot(b"P"));
+        assert_eq!(parse_command(b"CCC"), Command::Ccc);
         assert_eq!(parse_command(b"abor"), Command::Abor);
         assert_eq!(
             parse_command(b"RETR x"),

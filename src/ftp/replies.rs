@@ -310,6 +310,75 @@ impl Response {
     pub fn tls_refused() -> Self {
         Self::new(534, "TLS is refused by this gateway's policy.")
     }
+
+    /// `234` to `AUTH TLS`/`SSL` under `tls: terminate`: the handshake follows.
+    pub fn auth_ok(mechanism: &str) -> Self {
+        Self::new(
+            234,
+            format!("AUTH {mechanism} successful; proceed with the handshake."),
+        )
+    }
+
+    /// `504` to `AUTH` with a mechanism other than TLS/SSL.
+    pub fn auth_mechanism_unknown() -> Self {
+        Self::new(504, "AUTH: only TLS and SSL are supported.")
+    }
+
+    /// `503` to `AUTH` on a protected control connection, or behind unanswered commands.
+    pub fn auth_out_of_sequence(why: &str) -> Self {
+        Self::new(503, format!("AUTH refused: {why}."))
+    }
+
+    /// `503` to `PBSZ`/`PROT` before `AUTH`.
+    pub fn tls_first(verb: &str) -> Self {
+        Self::new(
+            503,
+            format!("{verb} needs a protected control connection (AUTH TLS first)."),
+        )
+    }
+
+    /// `200` to `PBSZ`: only 0 makes sense over TLS (RFC 4217 §9).
+    pub fn pbsz_ok() -> Self {
+        Self::new(200, "PBSZ=0")
+    }
+
+    /// `200` to `PROT C`/`P`.
+    pub fn prot_ok(private: bool) -> Self {
+        Self::new(
+            200,
+            if private {
+                "Protection level set to Private."
+            } else {
+                "Protection level set to Clear."
+            },
+        )
+    }
+
+    /// `536`/`504` to `PROT S`, `PROT E` or an unknown level.
+    pub fn prot_unsupported(level: &str) -> Self {
+        match level {
+            "S" | "E" => Self::new(536, format!("PROT {level} is not supported.")),
+            _ => Self::new(504, "PROT: expected C or P."),
+        }
+    }
+
+    /// `534` to `CCC`: the control connection stays protected.
+    pub fn ccc_refused() -> Self {
+        Self::new(534, "CCC refused: the control connection stays protected.")
+    }
+
+    /// `530` to `USER` before `AUTH TLS` under `tls.require`.
+    pub fn tls_login_required() -> Self {
+        Self::new(530, "Log in over TLS: send AUTH TLS first.")
+    }
+
+    /// `521` to a data command before `PROT P` under `tls.require`.
+    pub fn data_protection_required() -> Self {
+        Self::new(
+            521,
+            "Data connections must be protected: send PROT P first.",
+        )
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::rules::Rule;
 use crate::telemetry::{self, LogLimiter};
 
 use super::connection::Connection;
+use super::control::ControlStream;
 use super::upstream::{transparent_target, Target};
 use super::GatewayContext;
 
@@ -74,8 +75,13 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
-/// Accepts control connections until aborted; each gets a task of its own.
-pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<ArcSwap<GatewayContext>>) {
+/// Accepts control connections until aborted; each gets a task of its own. `implicit`:
+/// the implicit FTPS listener, where TLS starts with the first byte.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ArcSwap<GatewayContext>>,
+    implicit: bool,
+) {
     const MIN_BACKOFF: Duration = Duration::from_millis(10);
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u64;
@@ -83,7 +89,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<ArcSwap<GatewayC
         let error = match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
-                tokio::spawn(admit(ctx.load_full(), stream, peer));
+                tokio::spawn(admit(ctx.load_full(), stream, peer, implicit));
                 continue;
             }
             Err(e) => e,
@@ -118,8 +124,10 @@ fn refuse_connection(ctx: &GatewayContext, peer: SocketAddr, rule: Rule, what: &
     }
 }
 
-/// Admits a control connection (or refuses it) and runs its session to the end.
-async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr) {
+/// Admits a control connection (or refuses it) and runs its session to the end. On the
+/// implicit FTPS listener nothing is written before the TLS handshake completed: a
+/// refused client is closed without a word, and so is one that speaks plain text.
+async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr, implicit: bool) {
     let client_ip = peer.ip().to_canonical();
     if !ctx.cfg.client_allowed(client_ip) {
         refuse_connection(&ctx, peer, Rule::AllowClients, "refused control connection");
@@ -129,9 +137,11 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
         Ok(t) => t,
         Err(limit) => {
             refuse_connection(&ctx, peer, limit, "session limit reached");
-            let _ = stream
-                .write_all(&Response::too_many_connections().to_bytes())
-                .await;
+            if !implicit {
+                let _ = stream
+                    .write_all(&Response::too_many_connections().to_bytes())
+                    .await;
+            }
             return;
         }
     };
@@ -161,8 +171,33 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
     let entry = ctx.registry.open(id, Arc::clone(&ctx.name), peer);
     let outcome = async {
         tracing::info!("session opened");
+        let tls = match ctx.tls.as_ref().map(|t| t.session()).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up this session's TLS");
+                return "error";
+            }
+        };
+        let mut client = ControlStream::plain(stream);
+        let mut early = Vec::new();
+        if implicit {
+            let Some(config) = tls.as_ref().map(|t| Arc::clone(&t.control)) else {
+                return "error";
+            };
+            match client
+                .accept_tls(config, ctx.limits.line_timeout.0, true)
+                .await
+            {
+                Ok(plain) => early = plain,
+                Err(why) => {
+                    tracing::info!(error = %why, "implicit FTPS: no TLS handshake; closed");
+                    client.shutdown().await;
+                    return "error";
+                }
+            }
+        }
         // Built here and moved into run(): the task holds one connection, not copies.
-        let connection = Connection::new(Arc::clone(&ctx), stream, peer, target, entry);
+        let connection = Connection::new(Arc::clone(&ctx), client, peer, target, entry, tls, early);
         match connection.run().await {
             None => {
                 tracing::info!("session closed");

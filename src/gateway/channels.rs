@@ -3,7 +3,7 @@
 //! stopping it, and what the operator sees of it (the live view, the channel counter,
 //! one transfer log line).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::admin::Entry;
 use crate::config::{RelayMode, Upstream};
-use crate::data::channel::{self, ChannelContext, Listeners, Listening};
+use crate::data::channel::{self, ChannelContext, DataTls, Listeners, Listening};
 use crate::data::kernel::{KernelChannel, KernelPath, Mapping};
 use crate::data::ports::PortLease;
 use crate::plan::{
@@ -29,6 +29,8 @@ pub(super) struct ChannelTasks {
     ctx: Arc<GatewayContext>,
     channel_ctx: ChannelContext,
     running: HashMap<ChannelId, Carrier>,
+    /// Channels whose client connection is TLS (relayed by copying, `path="tls"`).
+    protected: HashSet<ChannelId>,
     /// The session's place in the live view.
     pub entry: Entry,
 }
@@ -62,6 +64,7 @@ impl ChannelTasks {
         ctx: Arc<GatewayContext>,
         events: mpsc::UnboundedSender<(ChannelId, DataEvent)>,
         entry: Entry,
+        tls: Option<DataTls>,
     ) -> Self {
         let channel_ctx = ChannelContext {
             gateway: Arc::clone(&ctx.name),
@@ -72,11 +75,13 @@ impl ChannelTasks {
                 RelayMode::Kernel => RelayMode::Splice,
                 relay => relay,
             },
+            tls,
         };
         Self {
             ctx,
             channel_ctx,
             running: HashMap::new(),
+            protected: HashSet::new(),
             entry,
         }
     }
@@ -96,15 +101,19 @@ impl ChannelTasks {
     /// the channel allows it, otherwise with listeners and a relay task; returns the
     /// announced ports.
     pub fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
+        // The kernel cannot carry TLS: ftpgate is the TLS server of a protected channel.
         let opened = match &self.ctx.kernel {
-            Some(kernel) => self.open_kernel(id, plan, Arc::clone(kernel))?,
-            None => None,
+            Some(kernel) if !plan.client_tls => self.open_kernel(id, plan, Arc::clone(kernel))?,
+            _ => None,
         };
         let (ports, carrier) = match opened {
             Some(opened) => opened,
             None => self.open_task(id, plan)?,
         };
         self.running.insert(id, carrier);
+        if plan.client_tls {
+            self.protected.insert(id);
+        }
         let shown = ports.client.or(ports.server).unwrap_or_default();
         self.entry.channel_opened(id, plan.label(), shown);
         tracing::debug!(channel = id, ?ports, ?plan, "data channel opened");
@@ -220,6 +229,8 @@ impl ChannelTasks {
         self.cancel(end.id);
         let path = if end.kernel {
             RelayMode::Kernel.name()
+        } else if self.protected.remove(&end.id) {
+            "tls"
         } else {
             self.channel_ctx.relay.name()
         };

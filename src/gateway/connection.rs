@@ -18,13 +18,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Entry;
+use crate::data::channel::DataTls;
 use crate::plan::{ChannelId, DataEvent};
 use crate::session::{
-    Action, Event, Session, SessionLimits, SessionParams, SideAddrs, UpstreamKind,
+    Action, Event, Session, SessionLimits, SessionParams, SideAddrs, TlsParams, UpstreamKind,
 };
 use crate::telemetry;
+use crate::tls::SessionTls;
 
 use super::channels::ChannelTasks;
+use super::control::{ControlStream, Read};
 use super::upstream::{connect_upstream, Target};
 use super::GatewayContext;
 
@@ -38,9 +41,10 @@ type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>
 pub(super) struct Connection {
     ctx: Arc<GatewayContext>,
     session: Session,
-    client_rd: OwnedReadHalf,
-    client_wr: OwnedWriteHalf,
+    client: ControlStream,
     client_open: bool,
+    /// This session's TLS configurations toward its client (`tls: terminate`).
+    tls: Option<SessionTls>,
     server: Option<(OwnedReadHalf, OwnedWriteHalf)>,
     connecting: Option<Connecting>,
     channels: ChannelTasks,
@@ -52,16 +56,19 @@ pub(super) struct Connection {
 
 impl Connection {
     /// A session for `client` (from `peer`), whose server is `target` (`None` in the
-    /// explicit role, where the client names it).
+    /// explicit role, where the client names it). `tls`: the session's TLS configuration
+    /// under `tls: terminate`; `early`: plain text that came with an implicit FTPS
+    /// handshake.
     pub fn new(
         ctx: Arc<GatewayContext>,
-        client: TcpStream,
+        client: ControlStream,
         peer: SocketAddr,
         target: Option<Target>,
         entry: Entry,
+        tls: Option<SessionTls>,
+        early: Vec<u8>,
     ) -> Self {
         let cfg = &ctx.cfg;
-        let _ = client.set_nodelay(true);
         let session = Session::new(
             SessionParams {
                 upstream: if target.is_some() {
@@ -79,7 +86,11 @@ impl Connection {
                     announce: cfg.server_announce(),
                 },
                 client_source: cfg.client_source,
-                tls: cfg.tls,
+                tls: TlsParams {
+                    policy: cfg.tls.mode,
+                    require: cfg.tls.require,
+                    implicit: client.is_tls(),
+                },
                 limits: SessionLimits::from_config(&ctx.limits),
                 allow_server_ports: cfg.allow_server_ports.clone(),
                 allow_privileged_ports: cfg.allow_privileged_ports,
@@ -90,19 +101,26 @@ impl Connection {
         let (events_tx, channel_events) = mpsc::unbounded_channel();
         let from = cfg.server_side.address;
         let connecting = target.map(|t| Box::pin(connect_upstream(t, from, None)) as Connecting);
-        let (client_rd, client_wr) = client.into_split();
+        let data_tls = tls.as_ref().map(|t| DataTls {
+            config: Arc::clone(&t.data),
+            require_reuse: ctx.tls.as_ref().is_some_and(|t| t.require_reuse),
+        });
+        let mut ready = VecDeque::new();
+        if !early.is_empty() {
+            ready.push_back(Event::ClientData(early));
+        }
         Self {
-            channels: ChannelTasks::new(Arc::clone(&ctx), events_tx, entry),
+            channels: ChannelTasks::new(Arc::clone(&ctx), events_tx, entry, data_tls),
             shutdown: ctx.shutdown.clone(),
             ctx,
             session,
-            client_rd,
-            client_wr,
+            client,
             client_open: true,
+            tls,
             server: None,
             connecting,
             channel_events,
-            ready: VecDeque::new(),
+            ready,
         }
     }
 
@@ -127,15 +145,15 @@ impl Connection {
         loop {
             let deadline = self.session.poll_timeout();
             tokio::select! {
-                r = self.client_rd.readable(), if self.client_open => {
-                    match r.and_then(|()| read_now(|buf| self.client_rd.try_read(buf))) {
-                        Ok(bytes) if bytes.is_empty() => {
-                            self.client_open = false;
-                            return Event::ClientClosed;
-                        }
-                        Ok(bytes) => return Event::ClientData(bytes),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => {
+                r = self.client.readable(), if self.client_open => {
+                    let read = match r {
+                        Ok(()) => self.client.read().await,
+                        Err(e) => Err(e),
+                    };
+                    match read {
+                        Ok(Read::Data(bytes)) => return Event::ClientData(bytes),
+                        Ok(Read::Nothing) => continue,
+                        Ok(Read::Closed) | Err(_) => {
                             self.client_open = false;
                             return Event::ClientClosed;
                         }
@@ -204,12 +222,13 @@ impl Connection {
         for action in actions {
             match action {
                 Action::ToClient(bytes) if self.client_open => {
-                    if self.client_wr.write_all(&bytes).await.is_err() {
+                    if self.client.write_all(&bytes).await.is_err() {
                         self.client_open = false;
                         self.ready.push_back(Event::ClientClosed);
                     }
                 }
                 Action::ToClient(_) => {}
+                Action::StartClientTls => self.start_client_tls().await,
                 Action::ToServer(bytes) => self.write_server(&bytes).await,
                 Action::ConnectUpstream { host, port } => {
                     let ctx = Arc::clone(&self.ctx);
@@ -231,6 +250,28 @@ impl Connection {
         }
     }
 
+    /// The TLS handshake `AUTH` asked for, before anything more is read from the client.
+    async fn start_client_tls(&mut self) {
+        let result = match (&self.tls, self.client_open) {
+            (Some(tls), true) => {
+                let within = self.ctx.limits.line_timeout.0;
+                let config = Arc::clone(&tls.control);
+                self.client.accept_tls(config, within, false).await
+            }
+            (None, _) => Err("this gateway has no TLS configuration".into()),
+            (_, false) => Err("the client is gone".into()),
+        };
+        match result {
+            Ok(plain) => {
+                self.ready.push_back(Event::ClientTls(Ok(())));
+                if !plain.is_empty() {
+                    self.ready.push_back(Event::ClientData(plain));
+                }
+            }
+            Err(why) => self.ready.push_back(Event::ClientTls(Err(why))),
+        }
+    }
+
     async fn write_server(&mut self, bytes: &[u8]) {
         let Some((_, wr)) = &mut self.server else {
             tracing::debug!("dropped server-bound bytes: no server connection");
@@ -246,7 +287,7 @@ impl Connection {
     /// the session.
     async fn close(&mut self) {
         if self.client_open {
-            let _ = self.client_wr.shutdown().await;
+            self.client.shutdown().await;
             self.client_open = false;
         }
         if let Some((_, mut wr)) = self.server.take() {

@@ -11,6 +11,7 @@ mod accept;
 mod admission;
 mod channels;
 mod connection;
+mod control;
 mod upstream;
 
 use std::io;
@@ -29,6 +30,7 @@ use crate::data::kernel::{KernelError, KernelPath};
 use crate::data::ports::PortPool;
 use crate::sys::routing::PolicyRoutes;
 use crate::telemetry;
+use crate::tls::{Termination, TlsError};
 
 use admission::Admission;
 
@@ -62,6 +64,14 @@ pub enum GatewayError {
     /// The policy routing of transparent sockets could not be installed.
     #[error("policy routing for transparent sockets (policy_routing): {0}; it needs CAP_NET_ADMIN and iproute2")]
     Routing(String),
+    /// `tls: terminate` whose certificate or key is unusable.
+    #[error("gateway {name:?}: {error}")]
+    Tls {
+        /// Gateway name.
+        name: String,
+        /// Why.
+        error: TlsError,
+    },
     /// `relay: kernel` could not set up its nftables table and netlink sockets.
     #[error("gateway {name:?}: {error}")]
     Kernel {
@@ -89,6 +99,8 @@ struct GatewayContext {
     pool: Arc<PortPool>,
     /// The kernel data path, for a `relay: kernel` gateway.
     kernel: Option<Arc<KernelPath>>,
+    /// The certificate presented to clients under `tls: terminate`.
+    tls: Option<Arc<Termination>>,
     admission: Arc<Admission>,
     registry: Arc<Registry>,
     listen_addr: SocketAddr,
@@ -101,18 +113,26 @@ struct GatewayContext {
 
 /// A gateway that is serving: its accept loop, and the context new sessions start with.
 struct Serving {
-    /// The configured listen address (what a reload compares).
-    listen: SocketAddr,
+    /// The configured listen addresses, plain and implicit TLS (what a reload compares).
+    listen: (SocketAddr, Option<SocketAddr>),
     ctx: Arc<ArcSwap<GatewayContext>>,
-    accept: JoinHandle<()>,
+    /// The accept loops: the plain listener's, and the implicit TLS listener's.
+    accept: Vec<JoinHandle<()>>,
+}
+
+/// A gateway's bound listeners: the control listener and, under `tls: terminate`, the
+/// implicit FTPS one.
+struct Bound {
+    control: TcpListener,
+    implicit: Option<TcpListener>,
 }
 
 /// A gateway of a new configuration, checked and bound but not yet serving.
 enum Prepared {
     /// Same name and listen address as the serving gateway at this index.
     Keep(usize, GatewayContext),
-    /// A new listener.
-    Start(TcpListener, GatewayContext),
+    /// New listeners.
+    Start(Bound, GatewayContext),
 }
 
 /// The configured gateways, serving.
@@ -162,9 +182,11 @@ impl Gateways {
         self.start_routing(config)?;
         let prepared = self.prepare(config)?;
         for gone in self.commit(prepared) {
-            gone.accept.abort();
+            gone.accept.iter().for_each(JoinHandle::abort);
             // The listener closes when the aborted task is dropped.
-            let _ = gone.accept.await;
+            for task in gone.accept {
+                let _ = task.await;
+            }
             tracing::info!(gateway = %gone.ctx.load().name, "gateway removed; its open sessions continue");
         }
         Ok(())
@@ -259,11 +281,19 @@ impl Gateways {
 
     fn prepare(&self, config: &Config) -> Result<Vec<Prepared>, GatewayError> {
         let mut prepared = Vec::new();
-        for g in &config.gateways {
+        for (index, g) in config.gateways.iter().enumerate() {
+            let listen = (g.listen, g.tls.implicit_listen);
             let kept = self
                 .serving
                 .iter()
-                .position(|s| s.listen == g.listen && s.ctx.load().cfg.name == g.name);
+                .position(|s| s.listen == listen && s.ctx.load().cfg.name == g.name);
+            // Read at every start and reload: new sessions get new certificates.
+            let tls = Termination::load(&g.tls, index)
+                .map_err(|error| GatewayError::Tls {
+                    name: g.name.clone(),
+                    error,
+                })?
+                .map(Arc::new);
             let name: Arc<str> = Arc::from(g.name.as_str());
             let transparent = g.listens_transparently();
             let context = |listen_addr, pool| GatewayContext {
@@ -272,6 +302,7 @@ impl Gateways {
                 limits: config.limits.clone(),
                 pool,
                 kernel: self.kernel.clone().filter(|_| g.relay == RelayMode::Kernel),
+                tls: tls.clone(),
                 admission: Arc::clone(&self.admission),
                 registry: Arc::clone(&self.registry),
                 listen_addr,
@@ -292,15 +323,21 @@ impl Gateways {
                     Prepared::Keep(i, context(old.listen_addr, pool))
                 }
                 None => {
-                    let err = |error| GatewayError::Bind {
-                        name: g.name.clone(),
-                        addr: g.listen,
-                        error,
+                    let err = |addr| {
+                        move |error| GatewayError::Bind {
+                            name: g.name.clone(),
+                            addr,
+                            error,
+                        }
                     };
-                    let listener = bind_control(g).map_err(err)?;
-                    let local = listener.local_addr().map_err(err)?;
+                    let control = bind_control(g, g.listen).map_err(err(g.listen))?;
+                    let local = control.local_addr().map_err(err(g.listen))?;
+                    let implicit = match g.tls.implicit_listen {
+                        Some(addr) => Some(bind_control(g, addr).map_err(err(addr))?),
+                        None => None,
+                    };
                     let pool = PortPool::new(Arc::clone(&name), g.data_ports, transparent);
-                    Prepared::Start(listener, context(local, pool))
+                    Prepared::Start(Bound { control, implicit }, context(local, pool))
                 }
             });
         }
@@ -319,11 +356,25 @@ impl Gateways {
                     serving.ctx.store(Arc::new(ctx));
                     (serving, "gateway updated")
                 }
-                Prepared::Start(listener, ctx) => {
+                Prepared::Start(bound, ctx) => {
                     telemetry::gateway_started(&ctx.name);
-                    let listen = ctx.cfg.listen;
+                    let listen = (ctx.cfg.listen, ctx.cfg.tls.implicit_listen);
                     let ctx = Arc::new(ArcSwap::from_pointee(ctx));
-                    let accept = tokio::spawn(accept::accept_loop(listener, Arc::clone(&ctx)));
+                    let mut accept = vec![tokio::spawn(accept::accept_loop(
+                        bound.control,
+                        Arc::clone(&ctx),
+                        false,
+                    ))];
+                    if let Some(implicit) = bound.implicit {
+                        if let Ok(addr) = implicit.local_addr() {
+                            tracing::info!(gateway = %ctx.load().name, listen = %addr, "implicit FTPS listening");
+                        }
+                        accept.push(tokio::spawn(accept::accept_loop(
+                            implicit,
+                            Arc::clone(&ctx),
+                            true,
+                        )));
+                    }
                     (
                         Serving {
                             listen,
@@ -380,10 +431,12 @@ impl Gateways {
             ..
         } = self;
         for s in &serving {
-            s.accept.abort();
+            s.accept.iter().for_each(JoinHandle::abort);
         }
         for s in serving {
-            let _ = s.accept.await;
+            for task in s.accept {
+                let _ = task.await;
+            }
         }
         let _ = shutdown.send(Some(Instant::now() + grace));
         drop(alive);
@@ -407,22 +460,22 @@ impl Gateways {
     }
 }
 
-fn bind_control(g: &GatewayConfig) -> io::Result<TcpListener> {
+fn bind_control(g: &GatewayConfig, listen: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
-        socket2::Domain::for_address(g.listen),
+        socket2::Domain::for_address(listen),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
-    if g.listen.is_ipv6() {
+    if listen.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     if g.listens_transparently() {
         // TPROXY delivers connections for foreign addresses only to transparent sockets
         // (the privilege was checked at start).
-        crate::sys::set_transparent(&socket, g.listen.is_ipv6())?;
+        crate::sys::set_transparent(&socket, listen.is_ipv6())?;
     }
-    socket.bind(&g.listen.into())?;
+    socket.bind(&listen.into())?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())

@@ -45,6 +45,7 @@ impl Session {
                 from: self.client_dial_source(server),
             },
             server: self.server_listener(server),
+            client_tls: self.client_data_protected(),
         };
         tracing::debug!(client = %addr, "active data channel");
         if let Err(e) = self.open_channel(plan, true, Opening::SendActive { ext }) {

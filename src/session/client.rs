@@ -102,13 +102,19 @@ impl Session {
             | Command::Unsupported(_)
             | Command::BadArgument { .. }
             | Command::BadAddress { .. } => self.refuse_command(command),
+            Command::Port(_) | Command::Eprt(_) | Command::Pasv | Command::Epsv(_)
+                if self.data_refused_in_clear() => {}
             Command::Port(_)
             | Command::Eprt(_)
             | Command::Pasv
             | Command::Epsv(_)
             | Command::Algs(_) => self.on_data_command(command),
-            Command::Auth(_) if self.p.tls == TlsPolicy::Passthrough => {
+            Command::Auth(_) if self.p.tls.policy == TlsPolicy::Passthrough => {
                 self.forward(wire, Awaiting::Auth)
+            }
+            Command::Auth(mech) if self.terminates_tls() => self.on_auth(mech),
+            Command::Pbsz(_) | Command::Prot(_) | Command::Ccc if self.terminates_tls() => {
+                self.on_protection_command(&command)
             }
             Command::Auth(mech) => {
                 refusal!(self, info, Rule::TlsRefused, mechanism = %String::from_utf8_lossy(mech), "refused AUTH");
@@ -126,10 +132,17 @@ impl Session {
                 };
                 self.forward(sent, Awaiting::Other);
             }
+            Command::Transfer { .. } if self.data_refused_in_clear() => {}
             Command::Transfer { verb, arg } => self.on_transfer_command(wire, Some((verb, arg))),
             Command::Rest => self.on_transfer_command(wire, None),
-            Command::User(_) | Command::Other => self.forward(wire, Awaiting::Other),
+            Command::User(_) if self.login_refused_in_clear() => {}
+            Command::User(_)
+            | Command::Pbsz(_)
+            | Command::Prot(_)
+            | Command::Ccc
+            | Command::Other => self.forward(wire, Awaiting::Other),
             Command::Quit => self.forward(wire, Awaiting::Quit),
+            Command::Feat => self.forward(wire, Awaiting::Feat),
         }
     }
 

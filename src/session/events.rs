@@ -51,6 +51,8 @@ pub enum Event {
     ClientClosed,
     /// The server closed its control connection.
     ServerClosed,
+    /// The answer to [`Action::StartClientTls`]: the handshake succeeded, or why not.
+    ClientTls(Result<(), String>),
     /// The upstream control connection is up; this is the server's address.
     UpstreamConnected(SocketAddr),
     /// The upstream could not be reached (or is not allowed); the reason is shown to the client.
@@ -81,6 +83,9 @@ pub enum Action {
     ToClient(Vec<u8>),
     /// Write these bytes to the server.
     ToServer(Vec<u8>),
+    /// Make the TLS handshake on the client's control connection (ftpgate the server)
+    /// before reading anything more from it; report [`Event::ClientTls`].
+    StartClientTls,
     /// Explicit role: resolve and connect to this upstream, then report
     /// [`Event::UpstreamConnected`] or [`Event::UpstreamFailed`].
     ConnectUpstream {

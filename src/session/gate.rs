@@ -59,6 +59,8 @@ pub(super) enum Awaiting {
     Auth,
     /// `QUIT`: the server may close instead of answering.
     Quit,
+    /// `FEAT`: under `tls: terminate` its `211` gains ftpgate's TLS features.
+    Feat,
     /// Anything else.
     Other,
 }

@@ -21,9 +21,11 @@ impl Session {
             self.refuse_nul();
             return;
         }
-        match parse_command(&clean) {
+        let command = parse_command(&clean);
+        match command {
             Command::Empty => {}
             Command::Malformed(e) => self.refuse_syntax(e),
+            Command::User(_) if self.login_refused_in_clear() => {}
             Command::User(arg) => match parse_proxy_login(arg) {
                 Ok(login) if !self.p.allow_server_ports.contains(&login.port) => {
                     refusal!(self, warn, Rule::ServerPort, host = %login.host, port = login.port, "refused explicit-proxy login to a port that is not allowed");
@@ -43,6 +45,10 @@ impl Session {
                 }
                 Err(e) => self.reply_local(Response::bad_login(e)),
             },
+            Command::Auth(mech) if self.terminates_tls() => self.on_auth(mech),
+            Command::Pbsz(_) | Command::Prot(_) | Command::Ccc if self.terminates_tls() => {
+                self.on_protection_command(&command)
+            }
             Command::Auth(_) => self.reply_local(Response::tls_not_before_login()),
             Command::Quit => self.close_with(Response::goodbye()),
             // FEAT included: a client then asks again after login and learns the real

@@ -25,6 +25,7 @@ mod login;
 mod params;
 mod passive;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ use crate::rules::Rule;
 pub use channels::MAX_DATA_CHANNELS;
 pub use events::{Action, Event, Rewrite};
 pub use gate::{MAX_HELD_LINES, MAX_LOCAL_REPLIES, MAX_QUEUED_REPLIES, REPLY_QUEUE_REPLIES};
-pub use params::{SessionLimits, SessionParams, SideAddrs, UpstreamKind};
+pub use params::{SessionLimits, SessionParams, SideAddrs, TlsParams, UpstreamKind};
 
 use channels::Channels;
 use conversion::DataModes;
@@ -162,6 +163,8 @@ pub struct Session {
     opening: Option<(ChannelId, Opening)>,
     clock: Clock,
     refusal_log: RefusalLog,
+    /// TLS toward the client (`tls: terminate`).
+    tls: tls::ClientTls,
     /// The server closed its control connection; the session closes once the client has
     /// its last replies and data.
     server_gone: bool,
@@ -173,6 +176,7 @@ pub struct Session {
 impl Session {
     /// A session for one client accepted at `now`.
     pub fn new(p: SessionParams, now: Instant) -> Self {
+        let p_implicit = p.tls.implicit;
         let phase = match p.upstream {
             UpstreamKind::Fixed => Phase::Connecting,
             UpstreamKind::Explicit => Phase::ExplicitLogin,
@@ -196,6 +200,10 @@ impl Session {
                 shutdown: None,
             },
             refusal_log: RefusalLog::default(),
+            tls: tls::ClientTls {
+                secured: p_implicit,
+                private_data: false,
+            },
             server_gone: false,
             failure: None,
             actions: Vec::new(),
@@ -261,6 +269,7 @@ impl Session {
             Event::ServerData(bytes) => self.on_server_data(&bytes),
             Event::ClientClosed => self.on_client_closed(),
             Event::ServerClosed => self.on_server_closed(),
+            Event::ClientTls(result) => self.on_client_tls(result),
             Event::UpstreamConnected(addr) => self.on_upstream_connected(addr),
             Event::UpstreamFailed(reason) => self.on_upstream_failed(&reason),
             Event::ChannelOpened { id, result } => self.on_channel_opened(id, result),

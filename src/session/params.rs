@@ -51,6 +51,18 @@ pub struct SideAddrs {
     pub announce: IpAddr,
 }
 
+/// TLS toward the client, as far as the session decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsParams {
+    /// What to do with `AUTH`.
+    pub policy: TlsPolicy,
+    /// `tls.require`: a login before `AUTH TLS` gets `530`, a data command before
+    /// `PROT P` gets `521`.
+    pub require: bool,
+    /// The control connection is TLS from its first byte (the implicit listener).
+    pub implicit: bool,
+}
+
 /// How the session finds its server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamKind {
@@ -73,8 +85,8 @@ pub struct SessionParams {
     pub server_side: SideAddrs,
     /// Source of active-mode data connections toward the client.
     pub client_source: ClientSource,
-    /// What to do with `AUTH TLS`/`AUTH SSL`.
-    pub tls: TlsPolicy,
+    /// What to do with `AUTH TLS`/`AUTH SSL`, and TLS termination's demands.
+    pub tls: TlsParams,
     /// Bounds and timeouts.
     pub limits: SessionLimits,
     /// Explicit role: the server ports a client may name in `USER name@host:port`.

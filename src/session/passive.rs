@@ -71,6 +71,7 @@ impl Session {
         let plan = DataPlan {
             client: self.client_listener(),
             server: self.server_listener(server),
+            client_tls: self.client_data_protected(),
         };
         if let Err(e) = self.open_channel(plan, false, Opening::AnswerPassive { ext }) {
             self.reply_local(Response::cannot_open_data(e));
@@ -197,6 +198,7 @@ impl Session {
                 to: dial,
                 from: DialSource::Bind(self.p.server_side.address),
             },
+            client_tls: self.client_data_protected(),
         };
         let template = ReplyTemplate {
             raw: reply.raw,

@@ -9,6 +9,7 @@ use crate::plan::ChannelId;
 use crate::rules::Rule;
 
 use super::gate::{Awaiting, Pending};
+use super::tls::with_tls_features;
 use super::{refusal, Action, Phase, Session};
 
 impl Session {
@@ -115,7 +116,11 @@ impl Session {
                 self.enter_passthrough();
                 return;
             }
-            Awaiting::Auth | Awaiting::Other | Awaiting::Quit => {
+            Awaiting::Feat if code == Some(211) && self.terminates_tls() => {
+                self.enqueue(code, with_tls_features(&reply.raw), None);
+                false
+            }
+            Awaiting::Auth | Awaiting::Feat | Awaiting::Other | Awaiting::Quit => {
                 self.enqueue(code, reply.raw, None);
                 false
             }

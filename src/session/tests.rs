@@ -179,6 +179,7 @@ fn passive_reply_is_rewritten_and_dials_the_server() {
                 to: "192.0.2.10:5001".parse().unwrap(),
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
+            client_tls: false,
         }
     );
 }
@@ -230,6 +231,7 @@ fn port_is_rewritten_toward_the_server() {
                 on: ip("203.0.113.1"),
                 peer: ip("192.0.2.10"),
             },
+            client_tls: false,
         }
     );
     assert_eq!(h.server(b"200 ok\r\n"), vec![to_client("200 ok\r\n")]);
@@ -508,7 +510,7 @@ fn auth_is_refused_or_passed_through() {
     assert_eq!(h.refused, vec![Rule::TlsRefused]);
 
     let mut p = params(UpstreamKind::Fixed);
-    p.tls = TlsPolicy::Passthrough;
+    p.tls.policy = TlsPolicy::Passthrough;
     let mut h = Harness::new(p);
     h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
     h.server(b"220 hi\r\n");
@@ -522,6 +524,145 @@ fn auth_is_refused_or_passed_through() {
         vec![Action::ToClient(b"\x16\x03\x03".to_vec())]
     );
     assert!(h.data.opened.is_empty());
+}
+
+/// A publish-role session under `tls: terminate` past the greeting.
+fn terminating(require: bool) -> Harness {
+    let mut p = params(UpstreamKind::Fixed);
+    p.tls.policy = TlsPolicy::Terminate;
+    p.tls.require = require;
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    h
+}
+
+#[test]
+fn auth_tls_is_answered_and_bytes_behind_it_are_discarded() {
+    let mut h = terminating(false);
+    // A command pipelined behind AUTH in plain text must never run (STARTTLS injection).
+    let out = h.client(b"AUTH TLS\r\nDELE important\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b), Action::StartClientTls] if b.starts_with(b"234 ")),
+        "{out:?}"
+    );
+    assert_eq!(h.refused, vec![Rule::TlsInjection]);
+    assert!(h.ev(Event::ClientTls(Ok(()))).is_empty());
+    // Inside TLS the session reads the channel as before; DELE was never sent.
+    assert_eq!(h.client(b"USER ann\r\n"), vec![to_server("USER ann\r\n")]);
+    // A second AUTH is out of sequence; CCC is refused; PBSZ and PROT are answered here.
+    assert!(
+        h.client(b"AUTH TLS\r\n").is_empty(),
+        "its 503 waits for the 331"
+    );
+    let out = h.server(b"331 pass\r\n");
+    assert!(
+        matches!(&out[..], [_, Action::ToClient(b)] if b.starts_with(b"503 ")),
+        "{out:?}"
+    );
+    assert!(matches!(&h.client(b"CCC\r\n")[..], [Action::ToClient(b)] if b.starts_with(b"534 ")));
+    assert_eq!(h.client(b"PBSZ 0\r\n"), vec![to_client("200 PBSZ=0\r\n")]);
+    assert!(
+        matches!(&h.client(b"PROT E\r\n")[..], [Action::ToClient(b)] if b.starts_with(b"536 "))
+    );
+    assert!(
+        matches!(&h.client(b"PROT P\r\n")[..], [Action::ToClient(b)] if b.starts_with(b"200 "))
+    );
+    // Data channels of a PROT P session are TLS toward the client.
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert!(
+        h.data.opened.last().is_some_and(|(_, p)| p.client_tls),
+        "{:?}",
+        h.data.opened
+    );
+    assert_eq!(h.refused, vec![Rule::TlsInjection, Rule::CccRefused]);
+}
+
+#[test]
+fn feat_lists_the_tls_features_ftpgate_adds() {
+    let mut h = terminating(false);
+    assert_eq!(h.client(b"FEAT\r\n"), vec![to_server("FEAT\r\n")]);
+    assert_eq!(
+        h.server(b"211-Features:\r\n EPSV\r\n PROT\r\n211 End\r\n"),
+        vec![to_client(
+            "211-Features:\r\n EPSV\r\n PROT\r\n AUTH TLS\r\n PBSZ\r\n211 End\r\n"
+        )]
+    );
+    h.client(b"FEAT\r\n");
+    assert_eq!(
+        h.server(b"211 No features\r\n"),
+        vec![to_client(
+            "211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n211 End\r\n"
+        )]
+    );
+    // Without termination the server's list passes as it is.
+    let mut h = Harness::relaying();
+    h.client(b"FEAT\r\n");
+    assert_eq!(
+        h.server(b"211 No features\r\n"),
+        vec![to_client("211 No features\r\n")]
+    );
+}
+
+#[test]
+fn a_failed_handshake_ends_the_session_and_auth_waits_for_replies() {
+    let mut h = terminating(false);
+    h.client(b"NOOP\r\n");
+    // AUTH behind an unanswered command: no handshake in the middle of a reply.
+    let out = h.client(b"AUTH TLS\r\n");
+    assert!(!out.contains(&Action::StartClientTls), "{out:?}");
+    h.server(b"200 ok\r\n");
+    assert!(h.client(b"AUTH SSL\r\n").contains(&Action::StartClientTls));
+    let out = h.ev(Event::ClientTls(Err("bad record".into())));
+    assert!(out.contains(&Action::Close), "{out:?}");
+}
+
+#[test]
+fn require_refuses_plain_logins_and_unprotected_data() {
+    let mut h = terminating(true);
+    let out = h.client(b"USER ann\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"530 ")),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&h.client(b"PBSZ 0\r\n")[..], [Action::ToClient(b)] if b.starts_with(b"503 "))
+    );
+    h.client(b"AUTH TLS\r\n");
+    h.ev(Event::ClientTls(Ok(())));
+    assert_eq!(h.client(b"USER ann\r\n"), vec![to_server("USER ann\r\n")]);
+    h.server(b"230 in\r\n");
+    for line in ["PASV\r\n", "EPSV\r\n", "LIST\r\n", "RETR f\r\n"] {
+        let out = h.client(line.as_bytes());
+        assert!(
+            matches!(&out[..], [Action::ToClient(b)] if b.starts_with(b"521 ")),
+            "{line}: {out:?}"
+        );
+    }
+    h.client(b"PROT P\r\n");
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert!(h.data.opened.last().is_some_and(|(_, p)| p.client_tls));
+    assert_eq!(h.refused, vec![Rule::TlsRequired; 5]);
+}
+
+#[test]
+fn an_implicit_session_is_protected_from_the_start_and_clear_data_stays_clear() {
+    let mut p = params(UpstreamKind::Fixed);
+    p.tls = crate::session::TlsParams {
+        policy: TlsPolicy::Terminate,
+        require: false,
+        implicit: true,
+    };
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    assert_eq!(h.client(b"PBSZ 0\r\n"), vec![to_client("200 PBSZ=0\r\n")]);
+    h.client(b"PROT C\r\n");
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert!(h.data.opened.last().is_some_and(|(_, p)| !p.client_tls));
 }
 
 #[test]
@@ -752,6 +893,7 @@ fn server_mode_passive_answers_port_and_dials_both_ends() {
                 to: "192.0.2.10:5001".parse().unwrap(),
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
+            client_tls: false,
         }
     );
     // Active toward the client: its 150 waits for the connection to the client.
@@ -805,6 +947,7 @@ fn server_mode_active_answers_pasv_and_sends_port_at_the_transfer() {
                 on: ip("203.0.113.1"),
                 peer: ip("192.0.2.10"),
             },
+            client_tls: false,
         }
     );
     // At the transfer, the server is told where to connect (port 60000 = 234*256+96).

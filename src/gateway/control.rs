@@ -1,0 +1,196 @@
+//! A client's control connection: plain TCP, or TLS over it with ftpgate as the TLS
+//! server (`tls: terminate`). TLS is driven through rustls's own I/O-free API on the
+//! socket's readiness, as the plain connection is, so an idle session still holds no read
+//! buffer.
+
+use std::io::{self, Read as _, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ServerConfig, ServerConnection};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Bytes read from a control connection at a time.
+const CONTROL_BUFFER: usize = 4096;
+
+/// What one read found.
+#[derive(Debug)]
+pub(super) enum Read {
+    /// Plain-text bytes (decrypted, under TLS).
+    Data(Vec<u8>),
+    /// Nothing yet (a partial TLS record, or a spurious wake-up).
+    Nothing,
+    /// The peer closed the connection (or sent TLS close_notify).
+    Closed,
+}
+
+/// A client's control connection.
+pub(super) struct ControlStream {
+    tcp: TcpStream,
+    tls: Option<Box<ServerConnection>>,
+    /// The client sent TLS close_notify.
+    peer_closed: bool,
+    /// Whether a TLS error is answered with an alert (not on the implicit port before
+    /// its handshake: nothing is written there to a client that did not start TLS).
+    alerts: bool,
+}
+
+impl ControlStream {
+    /// A plain connection.
+    pub fn plain(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            tls: None,
+            peer_closed: false,
+            alerts: true,
+        }
+    }
+
+    /// Whether TLS protects it.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Waits until the socket has something to read.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
+    /// Reads what the socket has now. The buffer lives on the stack only for the read.
+    pub async fn read(&mut self) -> io::Result<Read> {
+        let mut buf = [0u8; CONTROL_BUFFER];
+        let n = match self.tcp.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+            Err(e) => return Err(e),
+        };
+        if self.tls.is_none() {
+            return Ok(if n == 0 {
+                Read::Closed
+            } else {
+                Read::Data(buf[..n].to_vec())
+            });
+        }
+        if n == 0 {
+            return Ok(Read::Closed);
+        }
+        let plain = self.receive(&buf[..n]).await?;
+        Ok(match (plain.is_empty(), self.peer_closed) {
+            (false, _) => Read::Data(plain),
+            (true, true) => Read::Closed,
+            (true, false) => Read::Nothing,
+        })
+    }
+
+    /// Feeds received TLS bytes to rustls; returns the plain text they carried. What
+    /// rustls has to send in turn (alerts, session tickets) goes out before this returns.
+    async fn receive(&mut self, mut bytes: &[u8]) -> io::Result<Vec<u8>> {
+        if self.tls.is_none() {
+            return Ok(bytes.to_vec());
+        }
+        let mut plain = Vec::new();
+        while !bytes.is_empty() {
+            let tls = self.tls.as_mut().expect("present");
+            tls.read_tls(&mut bytes)?;
+            match tls.process_new_packets() {
+                Ok(state) => self.peer_closed |= state.peer_has_closed(),
+                Err(e) => {
+                    // The alert rustls queued tells the peer why.
+                    if self.alerts {
+                        let _ = self.flush().await;
+                    }
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            }
+            let tls = self.tls.as_mut().expect("present");
+            match tls.reader().read_to_end(&mut plain) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A close without close_notify: the plain text so far stands.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.flush().await?;
+        Ok(plain)
+    }
+
+    /// Sends what rustls has queued.
+    async fn flush(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        while tls.wants_write() {
+            let mut out = Vec::new();
+            tls.write_tls(&mut out)?;
+            self.tcp.write_all(&out).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes all of `bytes` (encrypted, under TLS).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.tls.as_mut() {
+            None => self.tcp.write_all(bytes).await,
+            Some(tls) => {
+                tls.writer().write_all(bytes)?;
+                self.flush().await
+            }
+        }
+    }
+
+    /// Ends the connection: TLS close_notify first (once the handshake is done), then
+    /// the TCP FIN.
+    pub async fn shutdown(&mut self) {
+        if let Some(tls) = self.tls.as_mut().filter(|t| !t.is_handshaking()) {
+            tls.send_close_notify();
+            let _ = self.flush().await;
+        }
+        let _ = self.tcp.shutdown().await;
+    }
+
+    /// Makes the TLS handshake as the server, within `within`; returns the plain text
+    /// the client already sent behind its handshake (none, usually). `implicit`: the
+    /// implicit FTPS port, where a client that does not speak TLS gets no byte at all.
+    pub async fn accept_tls(
+        &mut self,
+        config: Arc<ServerConfig>,
+        within: Duration,
+        implicit: bool,
+    ) -> Result<Vec<u8>, String> {
+        let conn = ServerConnection::new(config).map_err(|e| e.to_string())?;
+        self.tls = Some(Box::new(conn));
+        self.alerts = !implicit;
+        let result = tokio::time::timeout(within, self.handshake())
+            .await
+            .map_err(|_| format!("no handshake within {within:?}"))?
+            .map_err(|e| e.to_string());
+        self.alerts = true;
+        result
+    }
+
+    async fn handshake(&mut self) -> io::Result<Vec<u8>> {
+        let mut plain = Vec::new();
+        loop {
+            self.flush().await?;
+            if !self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                return Ok(plain);
+            }
+            self.tcp.readable().await?;
+            let mut buf = [0u8; CONTROL_BUFFER];
+            let n = match self.tcp.try_read(&mut buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection during the handshake",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            plain.extend(self.receive(&buf[..n]).await?);
+        }
+    }
+}
