@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::{ClientSource, ServerMode, TlsPolicy};
+use crate::config::{ClientSource, ServerMode, TlsPolicy, UpstreamTls};
 use crate::ftp::command::{parse_command, parse_proxy_login};
 use crate::ftp::hostport::{
     encode_eprt_arg, encode_port_arg, find_227, find_229, parse_eprt_arg, parse_port_arg,
@@ -115,6 +115,9 @@ impl Shell {
                 if let Action::StartClientTls = a {
                     next.push(Event::ClientTls(Ok(())));
                 }
+                if let Action::StartServerTls = a {
+                    next.push(Event::ServerTls(Ok(())));
+                }
                 if let Action::OpenChannel { id, plan } = a {
                     self.plans.push(plan.clone());
                     let result = if self.fail {
@@ -191,6 +194,11 @@ fn params_of(flags: u8) -> SessionParams {
             },
             require: flags & 64 != 0,
             implicit: false,
+            upstream: if flags & 128 != 0 {
+                UpstreamTls::Explicit
+            } else {
+                UpstreamTls::Plain
+            },
         },
         allow_privileged_ports: flags & 4 != 0,
         server_mode: match (flags >> 4) % 3 {

@@ -57,6 +57,8 @@ pub struct DataPlan {
     /// The client's connection is TLS, ftpgate the TLS server (`tls: terminate` and
     /// `PROT P`); the kernel cannot carry such a channel.
     pub client_tls: bool,
+    /// The server's connection is TLS, ftpgate the TLS client (`tls.upstream`).
+    pub server_tls: bool,
 }
 
 impl DataPlan {

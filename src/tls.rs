@@ -13,12 +13,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::ServerSessionMemoryCache;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{Config, TlsSettings};
+use crate::config::{Config, TlsSettings, UpstreamTls};
 
 /// TLS sessions a session's cache keeps (its control connection's and those its data
 /// connections were issued).
@@ -47,13 +48,29 @@ pub enum TlsError {
     },
 }
 
-/// What a terminating gateway presents to its clients.
+/// What a terminating gateway presents to its clients, and how it speaks TLS to its
+/// servers.
 #[derive(Debug)]
 pub struct Termination {
     base: Arc<ServerConfig>,
     /// Protected data connections must resume their control connection's session.
     pub require_reuse: bool,
+    /// TLS toward the server, if any.
+    upstream: Option<Upstream>,
 }
+
+/// TLS toward the server (`tls.upstream: explicit|implicit`).
+#[derive(Debug)]
+struct Upstream {
+    base: Arc<ClientConfig>,
+    /// `tls.upstream_name`: the name checked in the server's certificate.
+    name: Option<String>,
+}
+
+/// Why the server's name cannot be checked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a name a certificate can be checked against; set tls.upstream_name")]
+pub struct BadServerName(String);
 
 impl Termination {
     /// Reads and checks the certificate and key of `settings` (gateway entry `index`,
@@ -88,9 +105,48 @@ impl Termination {
                     cert_path.display()
                 ),
             })?;
+        let upstream = match settings.upstream {
+            UpstreamTls::Plain => None,
+            UpstreamTls::Explicit | UpstreamTls::Implicit => {
+                let roots = roots(settings.upstream_ca.as_deref(), &key_of("upstream_ca"))?;
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsError::Pair {
+                        key: key_of("upstream"),
+                        why: e.to_string(),
+                    })?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(Upstream {
+                    base: Arc::new(config),
+                    name: settings.upstream_name.clone(),
+                })
+            }
+        };
         Ok(Some(Self {
             base: Arc::new(config),
             require_reuse: settings.require_reuse,
+            upstream,
+        }))
+    }
+
+    /// The TLS configuration toward the server for one session, with a resumption store
+    /// of its own (data connections resume the control connection's session, newest
+    /// ticket first), and the name to check for a server reached as `host`; `None` with
+    /// plain FTP to the server.
+    pub fn upstream(&self, host: &str) -> Option<Result<UpstreamSession, BadServerName>> {
+        let up = self.upstream.as_ref()?;
+        let name = up.name.clone().unwrap_or_else(|| host.to_owned());
+        let name = match ServerName::try_from(name.clone()) {
+            Ok(n) => n,
+            Err(_) => return Some(Err(BadServerName(name))),
+        };
+        let mut config = (*up.base).clone();
+        config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(8)));
+        Some(Ok(UpstreamSession {
+            config: Arc::new(config),
+            name,
         }))
     }
 
@@ -110,6 +166,15 @@ impl Termination {
     }
 }
 
+/// TLS toward the server for one session.
+#[derive(Debug, Clone)]
+pub struct UpstreamSession {
+    /// Its configuration (with the session's resumption store).
+    pub config: Arc<ClientConfig>,
+    /// The name the server's certificate must carry.
+    pub name: ServerName<'static>,
+}
+
 /// The TLS configurations of one session.
 #[derive(Debug, Clone)]
 pub struct SessionTls {
@@ -125,6 +190,36 @@ pub fn check(config: &Config) -> Result<(), TlsError> {
         Termination::load(&g.tls, i)?;
     }
     Ok(())
+}
+
+/// The CAs a server's certificate is checked against: `upstream_ca`, or the system's.
+fn roots(file: Option<&Path>, key: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let certs = match file {
+        Some(path) => read_chain(path, key)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(TlsError::File {
+                    key: key.to_owned(),
+                    path: "(the system trust store)".into(),
+                    why: format!("no CA certificate found ({:?}); set it", found.errors),
+                });
+            }
+            found.certs
+        }
+    };
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError::File {
+            key: key.to_owned(),
+            path: file.map_or("(the system trust store)".into(), |p| {
+                p.display().to_string()
+            }),
+            why: "no usable CA certificate in it".into(),
+        });
+    }
+    Ok(roots)
 }
 
 fn read_chain(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

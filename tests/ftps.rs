@@ -1,8 +1,10 @@
 //! FTPS termination (`tls: mode: terminate`) with real clients on loopback: curl (explicit
-//! and implicit FTPS, passive and active), lftp, and Python probes for what no well-behaved
-//! client does (a command behind `AUTH TLS`, a cut upload, a data connection that does not
-//! resume the control session, plain text on the implicit port). The server behind is
-//! pyftpdlib speaking plain FTP; every file is checked by SHA-256.
+//! and implicit FTPS), lftp (passive and active), and Python probes for what no
+//! well-behaved client does (a command behind `AUTH TLS`, a cut upload, a data connection
+//! that does not resume the control session, plain text on the implicit port). Behind it,
+//! pyftpdlib speaking plain FTP, and vsftpd speaking FTPS with its defaults
+//! (`require_ssl_reuse=YES`) for `tls.upstream: explicit|implicit`, its certificate
+//! checked against a CA; every file is checked by SHA-256.
 
 mod common;
 
@@ -248,7 +250,10 @@ fn a_cut_protected_upload_is_never_reported_complete() {
     ]);
     // The data connection itself was admitted (it resumed the session); only its end
     // without close_notify makes the server's 226 a 426.
-    assert!(seen.contains("STOR: 426") && seen.contains("close_notify"), "{seen}");
+    assert!(
+        seen.contains("STOR: 426") && seen.contains("close_notify"),
+        "{seen}"
+    );
     assert!(!lab.gw.log().join("\n").contains("rule=tls_reuse"));
     lab.gw.wait_for("outcome=\"failed\"");
 }
@@ -377,4 +382,262 @@ fn sighup_gives_new_sessions_the_new_certificate_and_refuses_a_broken_one() {
     lab.gw.signal("HUP");
     lab.gw.wait_for_after(seen, "not a PEM private key");
     assert!(list(&renewed.cert()));
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1 (what `upstream_ca` checks).
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        require("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| {
+            let out = Command::new("sh")
+                .current_dir(dir.path())
+                .args(["-ec", script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout server.key -out server.csr -subj /CN=ftp.internal.test 2>/dev/null
+            printf 'subjectAltName=IP:127.0.0.1,DNS:ftp.internal.test\\nbasicConstraints=CA:FALSE\\n' > ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out server.pem -days 2 -extfile ext 2>/dev/null");
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// vsftpd with FTPS required for everything, on loopback (`run_as_launching_user`).
+struct Vsftpd {
+    child: std::process::Child,
+    port: u16,
+    root: tempfile::TempDir,
+    _conf: tempfile::TempDir,
+}
+
+impl Vsftpd {
+    fn start(pki: &Pki, implicit: bool) -> Option<Self> {
+        let binary = std::env::var("VSFTPD").ok().unwrap_or_else(|| {
+            format!(
+                "{}/target/peers/vsftpd/usr/sbin/vsftpd",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        });
+        if !Path::new(&binary).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the vsftpd FTPS tests: {binary} is missing (tests/run unpacks it)"
+            );
+            eprintln!("SKIPPED: {binary} is missing (tests/run unpacks vsftpd into target/peers)");
+            return None;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("upload")).unwrap();
+        let conf = tempfile::tempdir().unwrap();
+        let empty = conf.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let port = free_port();
+        let passive = free_port();
+        let text = format!(
+            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
+             run_as_launching_user=YES\nanonymous_enable=YES\nlocal_enable=NO\n\
+             anon_root={}\nno_anon_password=YES\nwrite_enable=YES\nanon_upload_enable=YES\n\
+             anon_umask=022\npasv_enable=YES\npasv_min_port={passive}\npasv_max_port={passive}\n\
+             port_enable=YES\nconnect_from_port_20=NO\nsecure_chroot_dir={}\n\
+             seccomp_sandbox=NO\nxferlog_enable=NO\ndirmessage_enable=NO\n\
+             ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n\
+             force_anon_data_ssl=YES\nrequire_ssl_reuse=YES\nimplicit_ssl={}\n\
+             rsa_cert_file={}\nrsa_private_key_file={}\n",
+            root.path().display(),
+            empty.display(),
+            if implicit { "YES" } else { "NO" },
+            pki.path("server.pem"),
+            pki.path("server.key"),
+        );
+        let file = conf.path().join("vsftpd.conf");
+        std::fs::write(&file, text).unwrap();
+        let child = Command::new(binary)
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(Self {
+            child,
+            port,
+            root,
+            _conf: conf,
+        })
+    }
+}
+
+impl Drop for Vsftpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway that terminates TLS toward curl and speaks TLS to vsftpd (`upstream`).
+fn gateway_to_vsftpd(
+    pki: &Pki,
+    server: &Vsftpd,
+    upstream: &str,
+    extra: &str,
+) -> (Running, u16, (tempfile::TempDir, PathBuf)) {
+    let port = free_port();
+    let yaml = format!(
+        "gateways:\n  - name: ftps\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:{}\"\n    server_side: {{ address: 127.0.0.1 }}\n    data_ports: \"{}\"\n    tls:\n      mode: terminate\n      certificate: {}\n      key: {}\n      upstream: {upstream}\n      upstream_ca: {}\n{extra}log:\n  level: debug\n",
+        server.port,
+        data_ports(20),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let config = config_file("up.yaml", &yaml);
+    let gw = Running::start(&config.1);
+    (gw, port, config)
+}
+
+#[test]
+fn tls_to_vsftpd_explicit_and_implicit_with_its_session_reuse_check() {
+    let pki = Pki::new();
+    for upstream in ["explicit", "implicit"] {
+        let Some(server) = Vsftpd::start(&pki, upstream == "implicit") else {
+            return;
+        };
+        let (gw, port, _config) = gateway_to_vsftpd(&pki, &server, upstream, "");
+        let down_sha = random_file(&server.root.path().join("down.bin"), 3 << 20, 11);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = pki.path("ca.pem");
+        for (mode, args) in [
+            ("epsv", vec!["--ftp-pasv"]),
+            ("pasv", vec!["--ftp-pasv", "--disable-epsv"]),
+        ] {
+            // Several transfers on one session: each data connection to vsftpd must resume.
+            let got = dir.path().join(format!("got-{upstream}-{mode}.bin"));
+            let up = dir.path().join("up.bin");
+            let up_sha = random_file(&up, (1 << 20) + 3, 12);
+            let url = format!("ftp://127.0.0.1:{port}/");
+            for (what, file, remote) in [
+                ("-o", &got, "down.bin".to_owned()),
+                ("-T", &up, format!("upload/up-{mode}.bin")),
+            ] {
+                let out = run(Command::new("curl")
+                    .args(["-sS", "--max-time", "20", "--ssl-reqd", "--cacert", &ca])
+                    .args(&args)
+                    .arg(what)
+                    .arg(file)
+                    .arg(format!("{url}{remote}")));
+                assert!(
+                    out.status.success(),
+                    "{upstream} {mode} {what}: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    gw.log().join("\n")
+                );
+            }
+            assert_eq!(sha256(&got), down_sha, "{upstream} {mode} RETR");
+            let stored = server.root.path().join(format!("upload/up-{mode}.bin"));
+            assert_eq!(sha256(&stored), up_sha, "{upstream} {mode} STOR");
+        }
+        // One session, many data connections (lftp): every one resumes toward vsftpd
+        // (require_ssl_reuse) with the newest ticket, uploads and downloads alike.
+        require("lftp");
+        let up = dir.path().join("up.bin");
+        let up_sha = random_file(&up, 300_001, 13);
+        let script = format!(
+            "set ssl:ca-file {ca}; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
+             set net:max-retries 1; set net:timeout 10; open -u anonymous,x@ -p {port} 127.0.0.1; \
+             get down.bin -o {d}/l1.bin; put {u} -o upload/l1.bin; get down.bin -o {d}/l2.bin; \
+             put {u} -o upload/l2.bin; cls upload; get down.bin -o {d}/l3.bin",
+            d = dir.path().display(),
+            u = up.display()
+        );
+        let out = run(Command::new("lftp").args(["-c", &script]));
+        assert!(
+            out.status.success(),
+            "{upstream} lftp: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log().join("\n")
+        );
+        for n in ["l1", "l2", "l3"] {
+            assert_eq!(
+                sha256(&dir.path().join(format!("{n}.bin"))),
+                down_sha,
+                "{n}"
+            );
+        }
+        for n in ["l1", "l2"] {
+            let stored = server.root.path().join(format!("upload/{n}.bin"));
+            assert_eq!(sha256(&stored), up_sha, "{n}");
+        }
+        let log = gw.log().join("\n");
+        assert!(log.contains("tls=true") || upstream == "explicit", "{log}");
+        assert!(log.contains("server control connection protected") || upstream == "implicit");
+    }
+}
+
+#[test]
+fn a_server_whose_certificate_does_not_check_out_ends_the_session_before_the_login() {
+    let pki = Pki::new();
+    let Some(server) = Vsftpd::start(&pki, false) else {
+        return;
+    };
+    // The certificate is for 127.0.0.1 and ftp.internal.test, not for this name.
+    let (gw, port, _config) = gateway_to_vsftpd(
+        &pki,
+        &server,
+        "explicit",
+        "      upstream_name: other.test\n",
+    );
+    let mut c = common::Control::connect(format!("127.0.0.1:{port}").parse().unwrap());
+    let greeting = c.reply();
+    assert!(
+        greeting.starts_with("421 Cannot reach the server over TLS"),
+        "{greeting}"
+    );
+    gw.wait_for("no TLS toward the server");
+    assert!(!gw.log().join("\n").contains("USER"));
+}
+
+#[test]
+fn a_server_that_refuses_auth_tls_ends_the_session_before_the_login() {
+    // pyftpdlib without TLS answers AUTH with 500.
+    let server = PyFtpd::start(&[]);
+    let pki = Pki::new();
+    let port = free_port();
+    let yaml = format!(
+        "gateways:\n  - name: ftps\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:{}\"\n    server_side: {{ address: 127.0.0.1 }}\n    tls: {{ mode: terminate, certificate: {}, key: {}, upstream: explicit, upstream_ca: {} }}\n",
+        server.port,
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let config = config_file("t.yaml", &yaml);
+    let _gw = Running::start(&config.1);
+    let mut c = common::Control::connect(format!("127.0.0.1:{port}").parse().unwrap());
+    let greeting = c.reply();
+    assert!(
+        greeting.starts_with("421 ") && greeting.contains("AUTH TLS"),
+        "{greeting}"
+    );
 }

@@ -326,10 +326,10 @@ fn tls_of(g: &RawGateway, key: &dyn Fn(&str) -> String) -> Result<TlsSettings, (
             "must differ from listen (implicit FTPS is a listener of its own)".into(),
         ));
     }
-    if t.upstream != UpstreamTls::Plain {
+    if t.upstream == UpstreamTls::Plain && (t.upstream_ca.is_some() || t.upstream_name.is_some()) {
         return Err((
             key("tls.upstream"),
-            "only plain is implemented so far (TLS toward the server is not yet)".into(),
+            "upstream_ca and upstream_name are for upstream: explicit or implicit".into(),
         ));
     }
     Ok(t)

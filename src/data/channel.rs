@@ -21,6 +21,7 @@ use crate::plan::{ChannelId, DataEvent, DataPlan, DataStats, DialSource, Endpoin
 use crate::rules::Rule;
 use crate::sys;
 use crate::telemetry;
+use crate::tls::UpstreamSession;
 
 /// Relay buffer per direction.
 const RELAY_BUFFER: usize = 64 * 1024;
@@ -53,6 +54,9 @@ pub enum ChannelError {
     /// The client's TLS handshake on the data connection failed.
     #[error("TLS handshake with the client: {0}")]
     Tls(io::Error),
+    /// The TLS handshake with the server on the data connection failed.
+    #[error("TLS handshake with the server: {0}")]
+    ServerTls(io::Error),
     /// The client's protected data connection did not resume the control connection's
     /// TLS session (rule `tls_reuse`).
     #[error("the client's protected data connection did not resume its control connection's TLS session (tls.require_reuse)")]
@@ -82,6 +86,29 @@ pub struct ChannelContext {
     pub relay: RelayMode,
     /// TLS toward the client, for channels whose plan asks for it.
     pub tls: Option<DataTls>,
+    /// TLS toward the server, for channels whose plan asks for it.
+    pub server_tls: Option<UpstreamSession>,
+}
+
+/// A data connection, plain or TLS, with its socket (to reset it when the relay breaks).
+struct DataStream {
+    io: Box<dyn AsyncStream>,
+    socket: Option<socket2::Socket>,
+}
+
+/// What the relay needs of a connection.
+trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+impl DataStream {
+    fn plain(tcp: TcpStream) -> Self {
+        let _ = tcp.set_nodelay(true);
+        Self {
+            socket: socket2::SockRef::from(&tcp).try_clone().ok(),
+            io: Box::new(tcp),
+        }
+    }
 }
 
 /// A bound one-shot listener with the pool lease that holds its port.
@@ -164,12 +191,22 @@ async fn establish_and_relay(
     let _ = ctx.events.send((id, DataEvent::Established));
     let established = Instant::now();
     telemetry::data_setup_seconds(&ctx.gateway, mode, (established - opened).as_secs_f64());
-    let (to_server, to_client) = match (plan.client_tls, &ctx.tls) {
-        (true, Some(tls)) => {
-            let client = accept_tls(client, tls, ctx.timeout).await?;
-            relay_tls(id, client, server, ctx).await
-        }
-        _ => relay(id, client, server, ctx).await,
+    let (to_server, to_client) = if plan.client_tls || plan.server_tls {
+        let (client, server) = tokio::try_join!(
+            client_side_tls(
+                client,
+                plan.client_tls.then_some(ctx.tls.as_ref()).flatten(),
+                ctx
+            ),
+            server_side_tls(
+                server,
+                plan.server_tls.then_some(ctx.server_tls.as_ref()).flatten(),
+                ctx
+            ),
+        )?;
+        relay_tls(id, client, server, ctx).await
+    } else {
+        relay(id, client, server, ctx).await
     }
     .map_err(ChannelError::Relay)?;
     Ok(DataStats {
@@ -313,18 +350,66 @@ async fn accept_tls(
     Ok(stream)
 }
 
-/// [`relay`] for a TLS client connection: copied (TLS cannot be spliced). The client's
-/// upload must end with close_notify; a bare FIN after bytes is a cut transfer.
+/// The client's connection: TLS with ftpgate as the server when `tls` is given.
+async fn client_side_tls(
+    client: TcpStream,
+    tls: Option<&DataTls>,
+    ctx: &ChannelContext,
+) -> Result<DataStream, ChannelError> {
+    match tls {
+        Some(tls) => {
+            let socket = socket2::SockRef::from(&client).try_clone().ok();
+            let stream = accept_tls(client, tls, ctx.timeout).await?;
+            Ok(DataStream {
+                io: Box::new(stream),
+                socket,
+            })
+        }
+        None => Ok(DataStream::plain(client)),
+    }
+}
+
+/// The server's connection: TLS with ftpgate as the client when `tls` is given,
+/// resuming the control connection's session.
+async fn server_side_tls(
+    server: TcpStream,
+    tls: Option<&UpstreamSession>,
+    ctx: &ChannelContext,
+) -> Result<DataStream, ChannelError> {
+    let Some(up) = tls else {
+        return Ok(DataStream::plain(server));
+    };
+    let _ = server.set_nodelay(true);
+    let socket = socket2::SockRef::from(&server).try_clone().ok();
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&up.config));
+    let stream = tokio::time::timeout(ctx.timeout, connector.connect(up.name.clone(), server))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+        .map_err(ChannelError::ServerTls)?;
+    Ok(DataStream {
+        io: Box::new(stream),
+        socket,
+    })
+}
+
+/// [`relay`] when either connection is TLS: copied (TLS cannot be spliced). A TLS peer's
+/// sending must end with close_notify; a bare FIN after bytes is a cut transfer.
 async fn relay_tls(
     id: ChannelId,
-    client: tokio_rustls::server::TlsStream<TcpStream>,
-    mut server: TcpStream,
+    client: DataStream,
+    server: DataStream,
     ctx: &ChannelContext,
 ) -> io::Result<(u64, u64)> {
-    let _ = server.set_nodelay(true);
-    let raw = socket2::SockRef::from(client.get_ref().0).try_clone();
-    let (client_rd, client_wr) = tokio::io::split(client);
-    let (server_rd, server_wr) = server.split();
+    let DataStream {
+        io: client_io,
+        socket: client_socket,
+    } = client;
+    let DataStream {
+        io: server_io,
+        socket: server_socket,
+    } = server;
+    let (client_rd, client_wr) = tokio::io::split(client_io);
+    let (server_rd, server_wr) = tokio::io::split(server_io);
     let relayed = both_ways(
         id,
         ctx,
@@ -332,14 +417,16 @@ async fn relay_tls(
             copy_half(TruncationCheck::new(client_rd), server_wr),
             "client to server",
         ),
-        with_context(copy_half(server_rd, client_wr), "server to client"),
+        with_context(
+            copy_half(TruncationCheck::new(server_rd), client_wr),
+            "server to client",
+        ),
     )
     .await;
     let (up, down) = relayed.inspect_err(|_| {
-        if let Ok(raw) = &raw {
-            let _ = raw.set_linger(Some(Duration::ZERO));
+        for socket in [&client_socket, &server_socket].into_iter().flatten() {
+            let _ = socket.set_linger(Some(Duration::ZERO));
         }
-        reset(&server);
     })?;
     telemetry::relayed(&ctx.gateway, up, down);
     Ok((up, down))
@@ -384,7 +471,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for TruncationCheck<R> {
             std::task::Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 std::task::Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "the client's TLS data connection ended without close_notify (a cut transfer)",
+                    "the TLS data connection ended without close_notify (a cut transfer)",
                 )))
             }
             std::task::Poll::Ready(Ok(())) => {
@@ -488,6 +575,7 @@ mod tests {
                 from: DialSource::Bind(LOCAL),
             },
             client_tls: false,
+            server_tls: false,
         };
         let ctx = ChannelContext {
             gateway: "test".into(),
@@ -495,6 +583,7 @@ mod tests {
             events: tx,
             relay,
             tls: None,
+            server_tls: None,
         };
         let listeners = Listeners {
             client: Some(Listening {

@@ -651,6 +651,7 @@ mod tests {
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
             client_tls: false,
+            server_tls: false,
         };
         let m = Mapping::for_plan(&plan, 40001, ip("10.0.0.1"), true).unwrap();
         assert_eq!(m.peer, ip("10.0.0.5"));
@@ -674,6 +675,7 @@ mod tests {
                 peer: ip("198.51.100.7"),
             },
             client_tls: false,
+            server_tls: false,
         };
         let m = Mapping::for_plan(&plan, 40002, ip("192.0.2.1"), true).unwrap();
         assert_eq!(m.destinations, [ip("203.0.113.1"), ip("192.0.2.1")]);
@@ -693,6 +695,7 @@ mod tests {
             client: accept("10.0.0.1", "10.0.0.5"),
             server: accept("203.0.113.1", "198.51.100.7"),
             client_tls: false,
+            server_tls: false,
         };
         assert_eq!(
             Mapping::for_plan(&both_accept, 1, ip("10.0.0.1"), true),
@@ -705,6 +708,7 @@ mod tests {
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
             client_tls: false,
+            server_tls: false,
         };
         assert_eq!(Mapping::for_plan(&ftp64, 1, ip("2001:db8::1"), true), None);
     }

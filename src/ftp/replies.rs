@@ -367,6 +367,11 @@ impl Response {
         Self::new(534, "CCC refused: the control connection stays protected.")
     }
 
+    /// `421`: the server's control connection could not be secured (`tls.upstream`).
+    pub fn upstream_tls_failed(why: &str) -> Self {
+        Self::new(421, format!("Cannot reach the server over TLS: {why}."))
+    }
+
     /// `530` to `USER` before `AUTH TLS` under `tls.require`.
     pub fn tls_login_required() -> Self {
         Self::new(530, "Log in over TLS: send AUTH TLS first.")

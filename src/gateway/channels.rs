@@ -21,6 +21,7 @@ use crate::plan::{
     ChannelEnd, ChannelId, DataEvent, DataOpenError, DataPlan, Endpoint, Ports, TransferRecord,
 };
 use crate::telemetry;
+use crate::tls::UpstreamSession;
 
 use super::GatewayContext;
 
@@ -76,6 +77,7 @@ impl ChannelTasks {
                 relay => relay,
             },
             tls,
+            server_tls: None,
         };
         Self {
             ctx,
@@ -84,6 +86,12 @@ impl ChannelTasks {
             protected: HashSet::new(),
             entry,
         }
+    }
+
+    /// TLS toward the server for the channels opened from now on (`tls.upstream`, once
+    /// the server is known).
+    pub fn set_server_tls(&mut self, tls: Option<UpstreamSession>) {
+        self.channel_ctx.server_tls = tls;
     }
 
     /// Binds a pool port for an accepting end; nothing for a dialling one.
@@ -103,7 +111,9 @@ impl ChannelTasks {
     pub fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
         // The kernel cannot carry TLS: ftpgate is the TLS server of a protected channel.
         let opened = match &self.ctx.kernel {
-            Some(kernel) if !plan.client_tls => self.open_kernel(id, plan, Arc::clone(kernel))?,
+            Some(kernel) if !plan.client_tls && !plan.server_tls => {
+                self.open_kernel(id, plan, Arc::clone(kernel))?
+            }
             _ => None,
         };
         let (ports, carrier) = match opened {
@@ -111,7 +121,7 @@ impl ChannelTasks {
             None => self.open_task(id, plan)?,
         };
         self.running.insert(id, carrier);
-        if plan.client_tls {
+        if plan.client_tls || plan.server_tls {
             self.protected.insert(id);
         }
         let shown = ports.client.or(ports.server).unwrap_or_default();

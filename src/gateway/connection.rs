@@ -7,34 +7,31 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Entry;
+use crate::config::UpstreamTls;
 use crate::data::channel::DataTls;
 use crate::plan::{ChannelId, DataEvent};
 use crate::session::{
     Action, Event, Session, SessionLimits, SessionParams, SideAddrs, TlsParams, UpstreamKind,
 };
 use crate::telemetry;
-use crate::tls::SessionTls;
+use crate::tls::{SessionTls, UpstreamSession};
 
 use super::channels::ChannelTasks;
 use super::control::{ControlStream, Read};
 use super::upstream::{connect_upstream, Target};
 use super::GatewayContext;
 
-/// Bytes read from a control connection at a time.
-const CONTROL_BUFFER: usize = 4096;
-
-type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
+/// An upstream control connection being made: TCP, and TLS at once for implicit FTPS;
+/// with the plain text that came with the handshake.
+type Connecting = Pin<Box<dyn Future<Output = Result<(ControlStream, Vec<u8>), String>> + Send>>;
 
 /// One control session: the client's connection, the server's, the data channels and
 /// the session that decides.
@@ -45,7 +42,9 @@ pub(super) struct Connection {
     client_open: bool,
     /// This session's TLS configurations toward its client (`tls: terminate`).
     tls: Option<SessionTls>,
-    server: Option<(OwnedReadHalf, OwnedWriteHalf)>,
+    /// TLS toward the server (`tls.upstream`), once its name is known.
+    upstream_tls: Option<UpstreamSession>,
+    server: Option<ControlStream>,
     connecting: Option<Connecting>,
     channels: ChannelTasks,
     channel_events: mpsc::UnboundedReceiver<(ChannelId, DataEvent)>,
@@ -90,6 +89,7 @@ impl Connection {
                     policy: cfg.tls.mode,
                     require: cfg.tls.require,
                     implicit: client.is_tls(),
+                    upstream: cfg.tls.upstream,
                 },
                 limits: SessionLimits::from_config(&ctx.limits),
                 allow_server_ports: cfg.allow_server_ports.clone(),
@@ -99,8 +99,11 @@ impl Connection {
             Instant::now(),
         );
         let (events_tx, channel_events) = mpsc::unbounded_channel();
-        let from = cfg.server_side.address;
-        let connecting = target.map(|t| Box::pin(connect_upstream(t, from, None)) as Connecting);
+        let host = match &target {
+            Some(Target::Addr(a)) => Some(a.ip().to_string()),
+            Some(Target::Name(h, _)) => Some(h.clone()),
+            None => None,
+        };
         let data_tls = tls.as_ref().map(|t| DataTls {
             config: Arc::clone(&t.data),
             require_reuse: ctx.tls.as_ref().is_some_and(|t| t.require_reuse),
@@ -109,7 +112,7 @@ impl Connection {
         if !early.is_empty() {
             ready.push_back(Event::ClientData(early));
         }
-        Self {
+        let mut connection = Self {
             channels: ChannelTasks::new(Arc::clone(&ctx), events_tx, entry, data_tls),
             shutdown: ctx.shutdown.clone(),
             ctx,
@@ -118,10 +121,47 @@ impl Connection {
             client_open: true,
             tls,
             server: None,
-            connecting,
+            connecting: None,
+            upstream_tls: None,
             channel_events,
             ready,
+        };
+        if let (Some(target), Some(host)) = (target, host) {
+            connection.dial(target, &host, None);
         }
+        connection
+    }
+
+    /// Starts connecting to the server `target` (named `host`, for its certificate);
+    /// `checked`: the explicit role's rules on upstreams apply.
+    fn dial(&mut self, target: Target, host: &str, checked: Option<Arc<GatewayContext>>) {
+        let tls = match self.ctx.tls.as_ref().and_then(|t| t.upstream(host)) {
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
+                let why = e.to_string();
+                self.connecting = Some(Box::pin(async move { Err(why) }));
+                return;
+            }
+            None => None,
+        };
+        self.channels.set_server_tls(tls.clone());
+        self.upstream_tls = tls.clone();
+        let implicit = tls.filter(|_| self.ctx.cfg.tls.upstream == UpstreamTls::Implicit);
+        let from = self.ctx.cfg.server_side.address;
+        let within = self.ctx.limits.line_timeout.0;
+        self.connecting = Some(Box::pin(async move {
+            let tcp = connect_upstream(target, from, checked.as_deref()).await?;
+            let _ = tcp.set_nodelay(true);
+            let mut server = ControlStream::plain(tcp);
+            let early = match implicit {
+                Some(up) => server
+                    .connect_tls(up.config, up.name, within)
+                    .await
+                    .map_err(|e| format!("implicit TLS: {e}"))?,
+                None => Vec::new(),
+            };
+            Ok((server, early))
+        }));
     }
 
     /// Runs the session to its end; returns why it ended abnormally, if it did.
@@ -160,16 +200,17 @@ impl Connection {
                     }
                 }
                 r = server_readable(&self.server), if self.server.is_some() => {
-                    match r.and_then(|rd| read_now(|buf| rd.try_read(buf))) {
-                        Ok(bytes) if bytes.is_empty() => {
-                            // Stop reading a closed connection; the session still answers
-                            // the client.
-                            self.server = None;
-                            return Event::ServerClosed;
-                        }
-                        Ok(bytes) => return Event::ServerData(bytes),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => {
+                    let read = match (r, self.server.as_mut()) {
+                        (Ok(()), Some(server)) => server.read().await,
+                        (Err(e), _) => Err(e),
+                        (Ok(()), None) => Ok(Read::Closed),
+                    };
+                    match read {
+                        Ok(Read::Data(bytes)) => return Event::ServerData(bytes),
+                        Ok(Read::Nothing) => continue,
+                        // Stop reading a closed connection; the session still answers
+                        // the client.
+                        Ok(Read::Closed) | Err(_) => {
                             self.server = None;
                             return Event::ServerClosed;
                         }
@@ -194,18 +235,20 @@ impl Connection {
     }
 
     /// The upstream connection is up (or failed).
-    fn upstream(&mut self, result: Result<TcpStream, String>) -> Event {
-        let connected = result.and_then(|stream| {
-            let addr = stream.peer_addr().map_err(|e| e.to_string())?;
-            Ok((stream, addr))
+    fn upstream(&mut self, result: Result<(ControlStream, Vec<u8>), String>) -> Event {
+        let connected = result.and_then(|(server, early)| {
+            let addr = server.peer_addr().map_err(|e| e.to_string())?;
+            Ok((server, early, addr))
         });
         match connected {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
+            Ok((server, early, addr)) => {
                 tracing::Span::current().record("server", tracing::field::display(addr));
                 self.channels.entry.server(addr);
-                tracing::info!("connected upstream");
-                self.server = Some(stream.into_split());
+                tracing::info!(tls = server.is_tls(), "connected upstream");
+                self.server = Some(server);
+                if !early.is_empty() {
+                    self.ready.push_back(Event::ServerData(early));
+                }
                 Event::UpstreamConnected(addr)
             }
             Err(why) => {
@@ -232,11 +275,9 @@ impl Connection {
                 Action::ToServer(bytes) => self.write_server(&bytes).await,
                 Action::ConnectUpstream { host, port } => {
                     let ctx = Arc::clone(&self.ctx);
-                    let from: IpAddr = ctx.cfg.server_side.address;
-                    self.connecting = Some(Box::pin(async move {
-                        connect_upstream(Target::Name(host, port), from, Some(&ctx)).await
-                    }));
+                    self.dial(Target::Name(host.clone(), port), &host, Some(ctx));
                 }
+                Action::StartServerTls => self.start_server_tls().await,
                 Action::OpenChannel { id, plan } => {
                     let result = self.channels.open(id, &plan);
                     self.ready.push_back(Event::ChannelOpened { id, result });
@@ -272,12 +313,34 @@ impl Connection {
         }
     }
 
+    /// The TLS handshake with the server after its `234` to ftpgate's `AUTH TLS`.
+    async fn start_server_tls(&mut self) {
+        let result = match (&self.upstream_tls, self.server.as_mut()) {
+            (Some(up), Some(server)) => {
+                let within = self.ctx.limits.line_timeout.0;
+                let config = Arc::clone(&up.config);
+                server.connect_tls(config, up.name.clone(), within).await
+            }
+            (None, _) => Err("no TLS configuration toward the server".into()),
+            (_, None) => Err("the server is gone".into()),
+        };
+        match result {
+            Ok(plain) => {
+                self.ready.push_back(Event::ServerTls(Ok(())));
+                if !plain.is_empty() {
+                    self.ready.push_back(Event::ServerData(plain));
+                }
+            }
+            Err(why) => self.ready.push_back(Event::ServerTls(Err(why))),
+        }
+    }
+
     async fn write_server(&mut self, bytes: &[u8]) {
-        let Some((_, wr)) = &mut self.server else {
+        let Some(server) = &mut self.server else {
             tracing::debug!("dropped server-bound bytes: no server connection");
             return;
         };
-        if wr.write_all(bytes).await.is_err() {
+        if server.write_all(bytes).await.is_err() {
             self.server = None;
             self.ready.push_back(Event::ServerClosed);
         }
@@ -290,27 +353,17 @@ impl Connection {
             self.client.shutdown().await;
             self.client_open = false;
         }
-        if let Some((_, mut wr)) = self.server.take() {
-            let _ = wr.shutdown().await;
+        if let Some(mut server) = self.server.take() {
+            server.shutdown().await;
         }
         self.connecting = None;
     }
 }
 
-/// What a ready socket has now (empty at its end). The buffer lives on the stack only
-/// for the read, never in the session's future: an idle session costs no buffer.
-fn read_now(read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
-    let mut buf = [0u8; CONTROL_BUFFER];
-    let n = read(&mut buf)?;
-    Ok(buf[..n].to_vec())
-}
-
-/// Waits until the server's control connection is readable; returns its read half.
-async fn server_readable(
-    server: &Option<(OwnedReadHalf, OwnedWriteHalf)>,
-) -> io::Result<&OwnedReadHalf> {
+/// Waits until the server's control connection is readable.
+async fn server_readable(server: &Option<ControlStream>) -> io::Result<()> {
     match server {
-        Some((rd, _)) => rd.readable().await.map(|()| rd),
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }

@@ -1,13 +1,15 @@
-//! A client's control connection: plain TCP, or TLS over it with ftpgate as the TLS
-//! server (`tls: terminate`). TLS is driven through rustls's own I/O-free API on the
-//! socket's readiness, as the plain connection is, so an idle session still holds no read
-//! buffer.
+//! A control connection, the client's or the server's: plain TCP, or TLS over it with
+//! ftpgate as the TLS server toward clients (`tls: terminate`) and as the TLS client
+//! toward servers (`tls.upstream: explicit|implicit`). TLS is driven through rustls's own
+//! I/O-free API on the socket's readiness, as the plain connection is, so an idle session
+//! still holds no read buffer.
 
 use std::io::{self, Read as _, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -25,10 +27,10 @@ pub(super) enum Read {
     Closed,
 }
 
-/// A client's control connection.
+/// A control connection.
 pub(super) struct ControlStream {
     tcp: TcpStream,
-    tls: Option<Box<ServerConnection>>,
+    tls: Option<Box<Connection>>,
     /// The client sent TLS close_notify.
     peer_closed: bool,
     /// Whether a TLS error is answered with an alert (not on the implicit port before
@@ -45,6 +47,11 @@ impl ControlStream {
             peer_closed: false,
             alerts: true,
         }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp.peer_addr()
     }
 
     /// Whether TLS protects it.
@@ -160,7 +167,7 @@ impl ControlStream {
         implicit: bool,
     ) -> Result<Vec<u8>, String> {
         let conn = ServerConnection::new(config).map_err(|e| e.to_string())?;
-        self.tls = Some(Box::new(conn));
+        self.tls = Some(Box::new(conn.into()));
         self.alerts = !implicit;
         let result = tokio::time::timeout(within, self.handshake())
             .await
@@ -168,6 +175,22 @@ impl ControlStream {
             .map_err(|e| e.to_string());
         self.alerts = true;
         result
+    }
+
+    /// Makes the TLS handshake as the client of a server named `name` (its certificate
+    /// is checked against it), within `within`; returns the plain text that came with it.
+    pub async fn connect_tls(
+        &mut self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        within: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        self.tls = Some(Box::new(conn.into()));
+        tokio::time::timeout(within, self.handshake())
+            .await
+            .map_err(|_| format!("no TLS handshake within {within:?}"))?
+            .map_err(|e| e.to_string())
     }
 
     async fn handshake(&mut self) -> io::Result<Vec<u8>> {
@@ -183,7 +206,7 @@ impl ControlStream {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        "the client closed the connection during the handshake",
+                        "the peer closed the connection during the TLS handshake",
                     ))
                 }
                 Ok(n) => n,

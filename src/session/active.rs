@@ -46,6 +46,7 @@ impl Session {
             },
             server: self.server_listener(server),
             client_tls: self.client_data_protected(),
+            server_tls: self.secures_upstream(),
         };
         tracing::debug!(client = %addr, "active data channel");
         if let Err(e) = self.open_channel(plan, true, Opening::SendActive { ext }) {

@@ -18,7 +18,12 @@ impl Session {
                 self.actions.push(Action::ToServer(bytes.to_vec()));
                 return;
             }
-            Phase::Connecting | Phase::Greeting => {
+            Phase::Connecting
+            | Phase::Greeting
+            | Phase::UpstreamTls {
+                then: super::upstream_tls::Then::Greet(_),
+                ..
+            } => {
                 // Rule 7: a peer that talks before it was greeted is not an FTP client.
                 refusal!(final self, warn, Rule::EarlyData, bytes = bytes.len(), "client sent data before the greeting; closing");
                 self.close_with(Response::early_data());
@@ -42,7 +47,9 @@ impl Session {
             self.clock.idle_since = self.clock.now;
             match self.phase {
                 Phase::ExplicitLogin => self.on_login_line(&line),
-                Phase::ExplicitConnecting { .. } | Phase::ExplicitGreeting { .. } => {
+                Phase::ExplicitConnecting { .. }
+                | Phase::ExplicitGreeting { .. }
+                | Phase::UpstreamTls { .. } => {
                     if let Err(overflow) = self.gate.hold_line(line, MAX_LOGIN_LINES) {
                         self.overflow(overflow);
                     }

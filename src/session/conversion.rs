@@ -143,6 +143,7 @@ impl Session {
                 from: DialSource::Bind(self.p.server_side.address),
             },
             client_tls: self.client_data_protected(),
+            server_tls: self.secures_upstream(),
         };
         tracing::debug!(client = %target, server = %dial, "active client, passive server");
         if let Err(e) = self.open_channel(plan, true, Opening::SendHeldTransfer { sent_ext }) {

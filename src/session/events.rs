@@ -53,6 +53,8 @@ pub enum Event {
     ServerClosed,
     /// The answer to [`Action::StartClientTls`]: the handshake succeeded, or why not.
     ClientTls(Result<(), String>),
+    /// The answer to [`Action::StartServerTls`]: the handshake succeeded, or why not.
+    ServerTls(Result<(), String>),
     /// The upstream control connection is up; this is the server's address.
     UpstreamConnected(SocketAddr),
     /// The upstream could not be reached (or is not allowed); the reason is shown to the client.
@@ -86,6 +88,9 @@ pub enum Action {
     /// Make the TLS handshake on the client's control connection (ftpgate the server)
     /// before reading anything more from it; report [`Event::ClientTls`].
     StartClientTls,
+    /// Make the TLS handshake on the server's control connection (ftpgate the client),
+    /// before reading anything more from it; report [`Event::ServerTls`].
+    StartServerTls,
     /// Explicit role: resolve and connect to this upstream, then report
     /// [`Event::UpstreamConnected`] or [`Event::UpstreamFailed`].
     ConnectUpstream {

@@ -11,6 +11,7 @@ use crate::ftp::reply::Reply;
 use crate::rules::Rule;
 
 use super::gate::Awaiting;
+use super::upstream_tls::Then;
 use super::{refusal, Action, Phase, Session};
 
 impl Session {
@@ -76,8 +77,18 @@ impl Session {
         self.close_with(Response::cannot_connect(&target, reason));
     }
 
-    /// The server's greeting, passed to the client; a refusal ends the session.
+    /// The server's greeting, passed to the client (once its connection is secured, with
+    /// `tls.upstream`); a refusal ends the session.
     pub(super) fn on_greeting(&mut self, reply: Reply) {
+        if reply.code == Some(220) && self.secures_upstream() {
+            self.start_upstream_tls(Then::Greet(reply));
+            return;
+        }
+        self.greet_client(reply);
+    }
+
+    /// The server's greeting goes to the client.
+    pub(super) fn greet_client(&mut self, reply: Reply) {
         let code = reply.code;
         self.enqueue(code, reply.raw, None);
         self.flush();
@@ -92,6 +103,17 @@ impl Session {
         }
     }
 
+    /// Explicit role: `USER name` goes to the server, and the lines the client sent
+    /// meanwhile follow.
+    pub(super) fn replay_user(&mut self, user: &[u8]) {
+        let mut line = b"USER ".to_vec();
+        line.extend_from_slice(user);
+        line.extend_from_slice(b"\r\n");
+        self.phase = Phase::Relay;
+        self.forward(line, Awaiting::Other);
+        self.process_held();
+    }
+
     /// Explicit role: the server the client named greets; `USER name` is replayed and the
     /// lines the client sent meanwhile follow.
     pub(super) fn on_explicit_greeting(&mut self, reply: Reply) {
@@ -99,13 +121,13 @@ impl Session {
             return;
         };
         match reply.code {
+            Some(220) if self.secures_upstream() => {
+                let then = Then::ReplayUser { user: user.clone() };
+                self.start_upstream_tls(then);
+            }
             Some(220) => {
-                let mut line = b"USER ".to_vec();
-                line.extend_from_slice(user);
-                line.extend_from_slice(b"\r\n");
-                self.phase = Phase::Relay;
-                self.forward(line, Awaiting::Other);
-                self.process_held();
+                let user = user.clone();
+                self.replay_user(&user);
             }
             Some(c) if c >= 200 => {
                 let refused = Response::refused_by_server(

@@ -26,6 +26,7 @@ mod params;
 mod passive;
 mod server;
 mod tls;
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -91,6 +92,11 @@ enum Phase {
     Relay,
     /// After `AUTH` succeeded with `tls: passthrough`: bytes are relayed blindly.
     Passthrough,
+    /// `tls.upstream`: ftpgate secures the server's control connection, then `then`.
+    UpstreamTls {
+        step: upstream_tls::Step,
+        then: upstream_tls::Then,
+    },
     /// The session has asked to close.
     Closed,
 }
@@ -270,6 +276,7 @@ impl Session {
             Event::ClientClosed => self.on_client_closed(),
             Event::ServerClosed => self.on_server_closed(),
             Event::ClientTls(result) => self.on_client_tls(result),
+            Event::ServerTls(result) => self.on_server_tls(result),
             Event::UpstreamConnected(addr) => self.on_upstream_connected(addr),
             Event::UpstreamFailed(reason) => self.on_upstream_failed(&reason),
             Event::ChannelOpened { id, result } => self.on_channel_opened(id, result),

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::config::{ClientSource, ServerMode, TlsPolicy};
+use crate::config::{ClientSource, ServerMode, TlsPolicy, UpstreamTls};
 use crate::ftp::reply::ReplyLimits;
 
 /// The bounds of one session: every buffer and queue a peer can grow (DESIGN.md §6.12),
@@ -61,6 +61,9 @@ pub struct TlsParams {
     pub require: bool,
     /// The control connection is TLS from its first byte (the implicit listener).
     pub implicit: bool,
+    /// TLS toward the server: ftpgate secures its control connection after the greeting
+    /// (`explicit`: `AUTH TLS` first) and protects every data connection to it.
+    pub upstream: UpstreamTls,
 }
 
 /// How the session finds its server.

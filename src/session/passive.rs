@@ -72,6 +72,7 @@ impl Session {
             client: self.client_listener(),
             server: self.server_listener(server),
             client_tls: self.client_data_protected(),
+            server_tls: self.secures_upstream(),
         };
         if let Err(e) = self.open_channel(plan, false, Opening::AnswerPassive { ext }) {
             self.reply_local(Response::cannot_open_data(e));
@@ -199,6 +200,7 @@ impl Session {
                 from: DialSource::Bind(self.p.server_side.address),
             },
             client_tls: self.client_data_protected(),
+            server_tls: self.secures_upstream(),
         };
         let template = ReplyTemplate {
             raw: reply.raw,

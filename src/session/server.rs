@@ -58,6 +58,7 @@ impl Session {
             Phase::Greeting => self.on_greeting(reply),
             Phase::ExplicitGreeting { .. } => self.on_explicit_greeting(reply),
             Phase::Relay => self.on_relay_reply(reply),
+            Phase::UpstreamTls { .. } => self.on_prelude_reply(reply),
             _ => {
                 // Replies in other phases (a server that talks before its TCP handshake
                 // completed cannot exist); pass the text on.

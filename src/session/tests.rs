@@ -180,6 +180,7 @@ fn passive_reply_is_rewritten_and_dials_the_server() {
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
             client_tls: false,
+            server_tls: false,
         }
     );
 }
@@ -232,6 +233,7 @@ fn port_is_rewritten_toward_the_server() {
                 peer: ip("192.0.2.10"),
             },
             client_tls: false,
+            server_tls: false,
         }
     );
     assert_eq!(h.server(b"200 ok\r\n"), vec![to_client("200 ok\r\n")]);
@@ -654,6 +656,7 @@ fn an_implicit_session_is_protected_from_the_start_and_clear_data_stays_clear() 
         policy: TlsPolicy::Terminate,
         require: false,
         implicit: true,
+        upstream: crate::config::UpstreamTls::Plain,
     };
     let mut h = Harness::new(p);
     h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
@@ -663,6 +666,79 @@ fn an_implicit_session_is_protected_from_the_start_and_clear_data_stays_clear() 
     h.client(b"PASV\r\n");
     h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
     assert!(h.data.opened.last().is_some_and(|(_, p)| !p.client_tls));
+}
+
+#[test]
+fn the_server_connection_is_secured_before_the_client_is_greeted() {
+    let mut p = params(UpstreamKind::Fixed);
+    p.tls.policy = TlsPolicy::Terminate;
+    p.tls.upstream = crate::config::UpstreamTls::Explicit;
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    // Nothing reaches the client before the server's connection is protected.
+    assert_eq!(h.server(b"220 vsFTPd\r\n"), vec![to_server("AUTH TLS\r\n")]);
+    let out = h.client(b"USER x\r\n");
+    assert!(
+        out.contains(&Action::Close),
+        "early data is refused: {out:?}"
+    );
+    assert_eq!(h.refused, vec![Rule::EarlyData]);
+    let mut p = params(UpstreamKind::Fixed);
+    p.tls.policy = TlsPolicy::Terminate;
+    p.tls.upstream = crate::config::UpstreamTls::Explicit;
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 vsFTPd\r\n");
+    assert_eq!(h.server(b"234 Proceed\r\n"), vec![Action::StartServerTls]);
+    assert_eq!(
+        h.ev(Event::ServerTls(Ok(()))),
+        vec![to_server("PBSZ 0\r\n")]
+    );
+    assert_eq!(h.server(b"200 PBSZ=0\r\n"), vec![to_server("PROT P\r\n")]);
+    assert_eq!(
+        h.server(b"200 PROT now Private.\r\n"),
+        vec![to_client("220 vsFTPd\r\n")]
+    );
+    // Every data connection toward the server is protected, whatever the client's PROT.
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    assert!(h
+        .data
+        .opened
+        .last()
+        .is_some_and(|(_, p)| p.server_tls && !p.client_tls));
+}
+
+#[test]
+fn a_server_that_refuses_tls_ends_the_session_before_any_login() {
+    let mut p = params(UpstreamKind::Explicit);
+    p.tls.policy = TlsPolicy::Terminate;
+    p.tls.upstream = crate::config::UpstreamTls::Explicit;
+    let mut h = Harness::new(p);
+    h.s.start();
+    h.client(b"USER anonymous@ftp.example.org\r\n");
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    assert_eq!(h.server(b"220 hi\r\n"), vec![to_server("AUTH TLS\r\n")]);
+    h.client(b"PASS secret\r\n");
+    let out = h.server(b"500 AUTH not understood\r\n");
+    assert!(
+        matches!(&out[..], [Action::ToClient(b), Action::Close] if b.starts_with(b"421 ")),
+        "{out:?}"
+    );
+    // With TLS, the login is replayed only after PROT P.
+    let mut p = params(UpstreamKind::Explicit);
+    p.tls.policy = TlsPolicy::Terminate;
+    p.tls.upstream = crate::config::UpstreamTls::Implicit;
+    let mut h = Harness::new(p);
+    h.s.start();
+    h.client(b"USER anonymous@ftp.example.org\r\n");
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    assert_eq!(h.server(b"220 hi\r\n"), vec![to_server("PBSZ 0\r\n")]);
+    h.server(b"200 ok\r\n");
+    assert_eq!(
+        h.server(b"200 ok\r\n"),
+        vec![to_server("USER anonymous\r\n")]
+    );
 }
 
 #[test]
@@ -894,6 +970,7 @@ fn server_mode_passive_answers_port_and_dials_both_ends() {
                 from: DialSource::Bind(ip("203.0.113.1")),
             },
             client_tls: false,
+            server_tls: false,
         }
     );
     // Active toward the client: its 150 waits for the connection to the client.
@@ -948,6 +1025,7 @@ fn server_mode_active_answers_pasv_and_sends_port_at_the_transfer() {
                 peer: ip("192.0.2.10"),
             },
             client_tls: false,
+            server_tls: false,
         }
     );
     // At the transfer, the server is told where to connect (port 60000 = 234*256+96).
