@@ -641,3 +641,33 @@ fn a_server_that_refuses_auth_tls_ends_the_session_before_the_login() {
         "{greeting}"
     );
 }
+
+#[test]
+fn the_explicit_proxy_terminates_tls_before_the_client_names_its_server() {
+    let server = PyFtpd::start(&[]);
+    let down_sha = random_file(&server.file("down.bin"), 1 << 20, 21);
+    let cert = Cert::new();
+    let port = free_port();
+    let yaml = format!(
+        "gateways:\n  - name: proxy\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"user@host\"\n    server_side: {{ address: 127.0.0.1 }}\n    data_ports: \"{}\"\n    allow_servers: [\"127.0.0.1/32\"]\n    allow_server_ports: [{}]\n    tls: {{ mode: terminate, certificate: {}, key: {}, require: true }}\n",
+        data_ports(10),
+        server.port,
+        cert.cert().display(),
+        cert.key().display(),
+    );
+    let config = config_file("proxy.yaml", &yaml);
+    let _gw = Running::start(&config.1);
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("got.bin");
+    let out = run(Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--ssl-reqd", "--cacert"])
+        .arg(cert.cert())
+        .arg("-o")
+        .arg(&got)
+        .arg(format!(
+            "ftp://anonymous%40127.0.0.1%3A{}:x@127.0.0.1:{port}/down.bin",
+            server.port
+        )));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sha256(&got), down_sha);
+}
