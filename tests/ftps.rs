@@ -15,58 +15,61 @@ use common::{
     config_file, data_ports, free_port, random_file, require, run, sha256, support, PyFtpd, Running,
 };
 
-/// A self-signed certificate for 127.0.0.1 and its key, made with openssl.
-struct Cert {
+/// A CA and a server certificate it signed for 127.0.0.1 (what `upstream_ca` checks).
+struct Pki {
     dir: tempfile::TempDir,
 }
 
-impl Cert {
+impl Pki {
     fn new() -> Self {
         require("openssl");
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("openssl")
-            .current_dir(dir.path())
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "cert.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=ftpgate-test",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let sh = |script: &str| {
+            let out = Command::new("sh")
+                .current_dir(dir.path())
+                .args(["-ec", script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout server.key -out server.csr -subj /CN=ftp.internal.test 2>/dev/null
+            printf 'subjectAltName=IP:127.0.0.1,DNS:ftp.internal.test\\nbasicConstraints=CA:FALSE\\n' > ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out server.pem -days 2 -extfile ext 2>/dev/null");
         Self { dir }
     }
 
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
     }
 
+    /// The server's certificate chain.
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    /// The server's key.
     fn key(&self) -> PathBuf {
-        self.dir.path().join("key.pem")
+        self.dir.path().join("server.key")
+    }
+
+    /// The CA that signed it (what clients check against).
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 }
 
 struct Lab {
     server: PyFtpd,
-    cert: Cert,
+    cert: Pki,
     gw: Running,
     port: u16,
     implicit: u16,
@@ -77,7 +80,7 @@ impl Lab {
     /// pyftpdlib behind a publish gateway that terminates TLS; `tls` adds keys.
     fn start(tls: &str) -> Self {
         let server = PyFtpd::start(&[]);
-        let cert = Cert::new();
+        let cert = Pki::new();
         let (port, implicit) = (free_port(), free_port());
         let yaml = format!(
             "gateways:\n  - name: ftps\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"127.0.0.1:{}\"\n    server_side: {{ address: 127.0.0.1 }}\n    data_ports: \"{}\"\n    tls:\n      mode: terminate\n      certificate: {}\n      key: {}\n      implicit_listen: \"127.0.0.1:{implicit}\"\n{tls}log:\n  level: debug\n",
@@ -102,7 +105,7 @@ impl Lab {
         require("curl");
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "20", "--cacert"])
-            .arg(self.cert.cert())
+            .arg(self.cert.ca())
             .args(args)
             .arg(url);
         run(&mut cmd)
@@ -195,7 +198,7 @@ fn lftp_over_explicit_ftps_passive_and_active() {
              set ftp:passive-mode {passive}; set net:max-retries 1; set net:timeout 10; \
              open -u anonymous,x@ -p {} 127.0.0.1; put {} -o up-{passive}.bin; \
              get down.bin -o {}; put {} -o up2-{passive}.bin",
-            lab.cert.cert().display(),
+            lab.cert.ca().display(),
             lab.port,
             up.display(),
             got.display(),
@@ -226,7 +229,7 @@ fn a_command_behind_auth_tls_is_discarded_never_run() {
         "inject",
         "127.0.0.1",
         &port,
-        lab.cert.cert().to_str().unwrap(),
+        lab.cert.ca().to_str().unwrap(),
     ]);
     assert!(seen.contains("AUTH: 234"), "{seen}");
     assert!(
@@ -245,7 +248,7 @@ fn a_cut_protected_upload_is_never_reported_complete() {
         "truncate",
         "127.0.0.1",
         &port,
-        lab.cert.cert().to_str().unwrap(),
+        lab.cert.ca().to_str().unwrap(),
         "cut.bin",
     ]);
     // The data connection itself was admitted (it resumed the session); only its end
@@ -263,7 +266,7 @@ fn a_data_connection_that_does_not_resume_the_session_is_refused_unless_allowed(
     let lab = Lab::start("");
     random_file(&lab.server.file("f.bin"), 100_000, 5);
     let port = lab.port.to_string();
-    let ca = lab.cert.cert();
+    let ca = lab.cert.ca();
     let args = ["noreuse", "127.0.0.1", &port, ca.to_str().unwrap(), "f.bin"];
     // Python's ftplib does not resume sessions on data connections (as vsftpd's
     // require_ssl_reuse, ftpgate refuses it by default).
@@ -274,7 +277,7 @@ fn a_data_connection_that_does_not_resume_the_session_is_refused_unless_allowed(
     let lab = Lab::start("      require_reuse: false\n");
     random_file(&lab.server.file("f.bin"), 100_000, 5);
     let port = lab.port.to_string();
-    let ca = lab.cert.cert();
+    let ca = lab.cert.ca();
     let seen = lab.probe(&["noreuse", "127.0.0.1", &port, ca.to_str().unwrap(), "f.bin"]);
     assert!(seen.contains("RETR: ok 100000"), "{seen}");
 }
@@ -312,8 +315,8 @@ fn require_refuses_plain_logins_and_clear_data() {
 
 #[test]
 fn check_names_a_missing_or_mismatched_certificate() {
-    let cert = Cert::new();
-    let other = Cert::new();
+    let cert = Pki::new();
+    let other = Pki::new();
     let gateway = |certificate: &Path, key: &Path| {
         format!(
             "gateways:\n  - name: ftps\n    listen: \"127.0.0.1:2121\"\n    upstream: \"127.0.0.1:21\"\n    server_side: {{ address: 127.0.0.1 }}\n    tls: {{ mode: terminate, certificate: {}, key: {} }}\n",
@@ -355,7 +358,7 @@ fn sighup_gives_new_sessions_the_new_certificate_and_refuses_a_broken_one() {
     let lab = Lab::start("");
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.pem");
-    std::fs::copy(lab.cert.cert(), &first).unwrap();
+    std::fs::copy(lab.cert.ca(), &first).unwrap();
     let list = |ca: &Path| {
         let out = run(Command::new("curl")
             .args(["-sS", "--max-time", "10", "--ssl-reqd", "--cacert"])
@@ -365,7 +368,7 @@ fn sighup_gives_new_sessions_the_new_certificate_and_refuses_a_broken_one() {
     };
     assert!(list(&first));
     // The operator renews the certificate in place and reloads.
-    let renewed = Cert::new();
+    let renewed = Pki::new();
     std::fs::copy(renewed.cert(), lab.cert.cert()).unwrap();
     std::fs::copy(renewed.key(), lab.cert.key()).unwrap();
     let seen = lab.gw.lines();
@@ -381,44 +384,7 @@ fn sighup_gives_new_sessions_the_new_certificate_and_refuses_a_broken_one() {
     let seen = lab.gw.lines();
     lab.gw.signal("HUP");
     lab.gw.wait_for_after(seen, "not a PEM private key");
-    assert!(list(&renewed.cert()));
-}
-
-/// A CA and a server certificate it signed for 127.0.0.1 (what `upstream_ca` checks).
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        require("openssl");
-        let dir = tempfile::tempdir().unwrap();
-        let sh = |script: &str| {
-            let out = Command::new("sh")
-                .current_dir(dir.path())
-                .args(["-ec", script])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca \
-            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout server.key -out server.csr -subj /CN=ftp.internal.test 2>/dev/null
-            printf 'subjectAltName=IP:127.0.0.1,DNS:ftp.internal.test\\nbasicConstraints=CA:FALSE\\n' > ext
-            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-            -out server.pem -days 2 -extfile ext 2>/dev/null");
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
+    assert!(list(&renewed.ca()));
 }
 
 /// vsftpd with FTPS required for everything, on loopback (`run_as_launching_user`).
@@ -646,7 +612,7 @@ fn a_server_that_refuses_auth_tls_ends_the_session_before_the_login() {
 fn the_explicit_proxy_terminates_tls_before_the_client_names_its_server() {
     let server = PyFtpd::start(&[]);
     let down_sha = random_file(&server.file("down.bin"), 1 << 20, 21);
-    let cert = Cert::new();
+    let cert = Pki::new();
     let port = free_port();
     let yaml = format!(
         "gateways:\n  - name: proxy\n    listen: \"127.0.0.1:{port}\"\n    upstream: \"user@host\"\n    server_side: {{ address: 127.0.0.1 }}\n    data_ports: \"{}\"\n    allow_servers: [\"127.0.0.1/32\"]\n    allow_server_ports: [{}]\n    tls: {{ mode: terminate, certificate: {}, key: {}, require: true }}\n",
@@ -661,13 +627,51 @@ fn the_explicit_proxy_terminates_tls_before_the_client_names_its_server() {
     let got = dir.path().join("got.bin");
     let out = run(Command::new("curl")
         .args(["-sS", "--max-time", "20", "--ssl-reqd", "--cacert"])
-        .arg(cert.cert())
+        .arg(cert.ca())
         .arg("-o")
         .arg(&got)
         .arg(format!(
             "ftp://anonymous%40127.0.0.1%3A{}:x@127.0.0.1:{port}/down.bin",
             server.port
         )));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sha256(&got), down_sha);
+}
+
+#[test]
+fn only_tls_1_2_and_1_3_are_spoken() {
+    let lab = Lab::start("");
+    let connect = |version: &str| {
+        // SECLEVEL=0: the client really offers the old versions (OpenSSL 3 would not).
+        let out = run(Command::new("openssl")
+            .args([
+                "s_client",
+                version,
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+                "-connect",
+            ])
+            .arg(format!("127.0.0.1:{}", lab.implicit))
+            .arg("-CAfile")
+            .arg(lab.cert.ca()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for version in ["-tls1_2", "-tls1_3"] {
+        let seen = connect(version);
+        assert!(
+            seen.contains("Verification: OK") || seen.contains("Verify return code: 0"),
+            "{version}: {seen}"
+        );
+    }
+    for version in ["-tls1", "-tls1_1"] {
+        let seen = connect(version);
+        assert!(
+            seen.contains("Cipher is (NONE)"),
+            "{version} must not be spoken: {seen}"
+        );
+    }
 }

@@ -302,15 +302,7 @@ impl Connection {
             (None, _) => Err("this gateway has no TLS configuration".into()),
             (_, false) => Err("the client is gone".into()),
         };
-        match result {
-            Ok(plain) => {
-                self.ready.push_back(Event::ClientTls(Ok(())));
-                if !plain.is_empty() {
-                    self.ready.push_back(Event::ClientData(plain));
-                }
-            }
-            Err(why) => self.ready.push_back(Event::ClientTls(Err(why))),
-        }
+        self.handshake_done(result, Event::ClientTls, Event::ClientData);
     }
 
     /// The TLS handshake with the server after its `234` to ftpgate's `AUTH TLS`.
@@ -324,14 +316,25 @@ impl Connection {
             (None, _) => Err("no TLS configuration toward the server".into()),
             (_, None) => Err("the server is gone".into()),
         };
+        self.handshake_done(result, Event::ServerTls, Event::ServerData);
+    }
+
+    /// Reports a handshake's outcome (`done`), then the plain text that came with it
+    /// (`data`).
+    fn handshake_done(
+        &mut self,
+        result: Result<Vec<u8>, String>,
+        done: fn(Result<(), String>) -> Event,
+        data: fn(Vec<u8>) -> Event,
+    ) {
         match result {
             Ok(plain) => {
-                self.ready.push_back(Event::ServerTls(Ok(())));
+                self.ready.push_back(done(Ok(())));
                 if !plain.is_empty() {
-                    self.ready.push_back(Event::ServerData(plain));
+                    self.ready.push_back(data(plain));
                 }
             }
-            Err(why) => self.ready.push_back(Event::ServerTls(Err(why))),
+            Err(why) => self.ready.push_back(done(Err(why))),
         }
     }
 
