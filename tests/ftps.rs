@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    config_file, data_ports, free_port, random_file, require, run, sha256, support, PyFtpd, Running,
+    config_file, data_ports, free_port, random_file, require, run, sha256, support, PyFtpd,
+    Running, Vsftpd,
 };
 
 /// A CA and a server certificate it signed for 127.0.0.1 (what `upstream_ca` checks).
@@ -387,80 +388,16 @@ fn sighup_gives_new_sessions_the_new_certificate_and_refuses_a_broken_one() {
     assert!(list(&renewed.ca()));
 }
 
-/// vsftpd with FTPS required for everything, on loopback (`run_as_launching_user`).
-struct Vsftpd {
-    child: std::process::Child,
-    port: u16,
-    root: tempfile::TempDir,
-    _conf: tempfile::TempDir,
-}
-
-impl Vsftpd {
-    fn start(pki: &Pki, implicit: bool) -> Option<Self> {
-        let binary = std::env::var("VSFTPD").ok().unwrap_or_else(|| {
-            format!(
-                "{}/target/peers/vsftpd/usr/sbin/vsftpd",
-                env!("CARGO_MANIFEST_DIR")
-            )
-        });
-        if !Path::new(&binary).exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the vsftpd FTPS tests: {binary} is missing (tests/run unpacks it)"
-            );
-            eprintln!("SKIPPED: {binary} is missing (tests/run unpacks vsftpd into target/peers)");
-            return None;
-        }
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("upload")).unwrap();
-        let conf = tempfile::tempdir().unwrap();
-        let empty = conf.path().join("empty");
-        std::fs::create_dir(&empty).unwrap();
-        let port = free_port();
-        let passive = free_port();
-        let text = format!(
-            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
-             run_as_launching_user=YES\nanonymous_enable=YES\nlocal_enable=NO\n\
-             anon_root={}\nno_anon_password=YES\nwrite_enable=YES\nanon_upload_enable=YES\n\
-             anon_umask=022\npasv_enable=YES\npasv_min_port={passive}\npasv_max_port={passive}\n\
-             port_enable=YES\nconnect_from_port_20=NO\nsecure_chroot_dir={}\n\
-             seccomp_sandbox=NO\nxferlog_enable=NO\ndirmessage_enable=NO\n\
-             ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n\
-             force_anon_data_ssl=YES\nrequire_ssl_reuse=YES\nimplicit_ssl={}\n\
-             rsa_cert_file={}\nrsa_private_key_file={}\n",
-            root.path().display(),
-            empty.display(),
-            if implicit { "YES" } else { "NO" },
-            pki.path("server.pem"),
-            pki.path("server.key"),
-        );
-        let file = conf.path().join("vsftpd.conf");
-        std::fs::write(&file, text).unwrap();
-        let child = Command::new(binary)
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Some(Self {
-            child,
-            port,
-            root,
-            _conf: conf,
-        })
-    }
-}
-
-impl Drop for Vsftpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// vsftpd with FTPS required for everything (`require_ssl_reuse=YES`, its default).
+fn vsftpd_ftps(pki: &Pki, implicit: bool) -> Option<Vsftpd> {
+    Vsftpd::start(&format!(
+        "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n\
+         force_anon_data_ssl=YES\nrequire_ssl_reuse=YES\nimplicit_ssl={}\n\
+         rsa_cert_file={}\nrsa_private_key_file={}\n",
+        if implicit { "YES" } else { "NO" },
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    ))
 }
 
 /// A gateway that terminates TLS toward curl and speaks TLS to vsftpd (`upstream`).
@@ -488,11 +425,11 @@ fn gateway_to_vsftpd(
 fn tls_to_vsftpd_explicit_and_implicit_with_its_session_reuse_check() {
     let pki = Pki::new();
     for upstream in ["explicit", "implicit"] {
-        let Some(server) = Vsftpd::start(&pki, upstream == "implicit") else {
+        let Some(server) = vsftpd_ftps(&pki, upstream == "implicit") else {
             return;
         };
         let (gw, port, _config) = gateway_to_vsftpd(&pki, &server, upstream, "");
-        let down_sha = random_file(&server.root.path().join("down.bin"), 3 << 20, 11);
+        let down_sha = random_file(&server.root().join("down.bin"), 3 << 20, 11);
         let dir = tempfile::tempdir().unwrap();
         let ca = pki.path("ca.pem");
         for (mode, args) in [
@@ -522,7 +459,7 @@ fn tls_to_vsftpd_explicit_and_implicit_with_its_session_reuse_check() {
                 );
             }
             assert_eq!(sha256(&got), down_sha, "{upstream} {mode} RETR");
-            let stored = server.root.path().join(format!("upload/up-{mode}.bin"));
+            let stored = server.root().join(format!("upload/up-{mode}.bin"));
             assert_eq!(sha256(&stored), up_sha, "{upstream} {mode} STOR");
         }
         // One session, many data connections (lftp): every one resumes toward vsftpd
@@ -553,7 +490,7 @@ fn tls_to_vsftpd_explicit_and_implicit_with_its_session_reuse_check() {
             );
         }
         for n in ["l1", "l2"] {
-            let stored = server.root.path().join(format!("upload/{n}.bin"));
+            let stored = server.root().join(format!("upload/{n}.bin"));
             assert_eq!(sha256(&stored), up_sha, "{n}");
         }
         let log = gw.log().join("\n");
@@ -565,7 +502,7 @@ fn tls_to_vsftpd_explicit_and_implicit_with_its_session_reuse_check() {
 #[test]
 fn a_server_whose_certificate_does_not_check_out_ends_the_session_before_the_login() {
     let pki = Pki::new();
-    let Some(server) = Vsftpd::start(&pki, false) else {
+    let Some(server) = vsftpd_ftps(&pki, false) else {
         return;
     };
     // The certificate is for 127.0.0.1 and ftp.internal.test, not for this name.

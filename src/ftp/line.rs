@@ -73,6 +73,37 @@ const DONT: u8 = 254;
 /// Telnet command bytes are 240 (SE) to 255 (IAC).
 const TELNET_COMMANDS: u8 = 240;
 
+/// Telnet "interrupt process" and "data mark".
+const IP: u8 = 244;
+const DM: u8 = 242;
+
+/// The Telnet Synch a client sent in front of a command (RFC 854; RFC 959 §4.1.3: `IAC
+/// IP`, then `IAC` as TCP urgent data, then `DM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synch {
+    /// `IAC IP IAC DM` all in band (the client sent no urgent data).
+    InBand,
+    /// `IAC IP DM` in band: the `IAC` between them came as TCP urgent data, which the
+    /// kernel keeps out of band (BSD ftp(1), and every client that follows RFC 959).
+    Urgent,
+}
+
+/// The Synch in front of `line`, if there is one, and the command behind it. The urgent
+/// byte may have arrived in another read than the bytes around it: the line, framed
+/// whole, still carries the in-band part.
+pub fn synch(line: &[u8]) -> Option<(Synch, &[u8])> {
+    match line {
+        [IAC, IP, IAC, DM, rest @ ..] => Some((Synch::InBand, rest)),
+        [IAC, IP, DM, rest @ ..] => Some((Synch::Urgent, rest)),
+        _ => None,
+    }
+}
+
+/// `line` without the Synch in front of it (the rest is cleaned as any line is).
+fn after_synch(line: &[u8]) -> &[u8] {
+    synch(line).map_or(line, |(_, rest)| rest)
+}
+
 /// A line without its terminator (LF, or CR LF).
 fn body(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -109,7 +140,7 @@ fn without_telnet(line: &[u8], unescape: bool, out: &mut Vec<u8>) {
 /// Clients send `IAC IP IAC DM` (Telnet "interrupt process" and "data mark") in front of
 /// `ABOR`; option negotiation (`IAC WILL x` …) is three bytes; `IAC IAC` is a literal 255.
 pub fn clean_line(line: &[u8]) -> Cow<'_, [u8]> {
-    let line = body(line);
+    let line = after_synch(body(line));
     if !line.contains(&IAC) {
         return Cow::Borrowed(line);
     }
@@ -125,7 +156,7 @@ pub fn clean_line(line: &[u8]) -> Cow<'_, [u8]> {
 /// next one would leave replies matched to the wrong commands. A plain line comes back
 /// unchanged, byte for byte.
 pub fn wire_line(line: &[u8]) -> Cow<'_, [u8]> {
-    let text = body(line);
+    let text = after_synch(body(line));
     if !text.contains(&IAC) && line.len() == text.len() + 2 {
         return Cow::Borrowed(line);
     }
@@ -139,6 +170,26 @@ pub fn wire_line(line: &[u8]) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_synch_is_found_whole_when_its_bytes_came_in_separate_reads() {
+        // BSD ftp's ABOR: IAC IP in band, IAC as urgent data (out of band, so absent
+        // here), DM ABOR in band; the reads stop at the urgent mark, so they come apart.
+        let mut f = LineFramer::new(64);
+        f.push(b"\xff\xf4");
+        assert_eq!(f.next_line(), Ok(None));
+        f.push(b"\xf2ABOR\r\n");
+        let line = f.next_line().unwrap().unwrap();
+        assert_eq!(synch(&line), Some((Synch::Urgent, &b"ABOR\r\n"[..])));
+        assert_eq!(&*clean_line(&line), b"ABOR");
+        assert_eq!(&*wire_line(&line), b"ABOR\r\n");
+        let in_band = b"\xff\xf4\xff\xf2STAT\r\n";
+        assert_eq!(synch(in_band), Some((Synch::InBand, &b"STAT\r\n"[..])));
+        assert_eq!(&*clean_line(in_band), b"STAT");
+        // A DM byte elsewhere is data (a file name in another encoding).
+        assert_eq!(synch(b"RETR \xf2x\r\n"), None);
+        assert_eq!(&*clean_line(b"\xf2ABOR\r\n"), b"\xf2ABOR");
+    }
 
     #[test]
     fn frames_across_segments() {

@@ -273,6 +273,7 @@ impl Connection {
                 Action::ToClient(_) => {}
                 Action::StartClientTls => self.start_client_tls().await,
                 Action::ToServer(bytes) => self.write_server(&bytes).await,
+                Action::ToServerSynch(command) => self.write_server_synch(&command).await,
                 Action::ConnectUpstream { host, port } => {
                     let ctx = Arc::clone(&self.ctx);
                     self.dial(Target::Name(host.clone(), port), &host, Some(ctx));
@@ -335,6 +336,17 @@ impl Connection {
                 }
             }
             Err(why) => self.ready.push_back(done(Err(why))),
+        }
+    }
+
+    /// The client's Synch, then `command`, to the server.
+    async fn write_server_synch(&mut self, command: &[u8]) {
+        let Some(server) = &mut self.server else {
+            return;
+        };
+        if server.write_synch(command).await.is_err() {
+            self.server = None;
+            self.ready.push_back(Event::ServerClosed);
         }
     }
 

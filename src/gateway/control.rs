@@ -147,6 +147,35 @@ impl ControlStream {
         }
     }
 
+    /// Writes the Telnet Synch and then `command` (RFC 959 §4.1.3): `IAC IP` in band,
+    /// `IAC` as TCP urgent data (a server's SIGURG, or its `sockatmark`, finds it), then
+    /// `DM` and the command. Under TLS urgent data would cut into a record: all of it
+    /// goes in band there.
+    pub async fn write_synch(&mut self, command: &[u8]) -> io::Result<()> {
+        const IAC_IP: [u8; 2] = [0xff, 0xf4];
+        const IAC: u8 = 0xff;
+        const DM: u8 = 0xf2;
+        let mut rest = vec![DM];
+        rest.extend_from_slice(command);
+        if self.tls.is_some() {
+            let mut all = vec![IAC_IP[0], IAC_IP[1], IAC];
+            all.extend_from_slice(&rest);
+            return self.write_all(&all).await;
+        }
+        self.tcp.write_all(&IAC_IP).await?;
+        loop {
+            self.tcp.writable().await?;
+            match self.tcp.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(&self.tcp).send_out_of_band(&[IAC])
+            }) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.tcp.write_all(&rest).await
+    }
+
     /// Ends the connection: TLS close_notify first (once the handshake is done), then
     /// the TCP FIN.
     pub async fn shutdown(&mut self) {

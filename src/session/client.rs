@@ -4,7 +4,7 @@
 
 use crate::config::TlsPolicy;
 use crate::ftp::command::{parse_command, AlgsArg, Command, EpsvArg, LineSyntax};
-use crate::ftp::line::{clean_line, wire_line};
+use crate::ftp::line::{clean_line, synch, wire_line, Synch};
 use crate::ftp::replies::Response;
 use crate::rules::Rule;
 
@@ -100,8 +100,11 @@ impl Session {
             self.refuse_nul();
             return;
         }
-        // What the server gets: the line as ftpgate parsed it.
+        // What the server gets: the line as ftpgate parsed it, behind the Synch the client
+        // sent, if it sent one.
         let wire = wire_line(&line).into_owned();
+        let synch = synch(&line).map(|(s, _)| s);
+        self.urgent = synch == Some(Synch::Urgent);
         let command = parse_command(&clean);
         match command {
             Command::Empty => tracing::debug!("ignored an empty command line"),
@@ -131,8 +134,8 @@ impl Session {
                 // An announced data connection that never came is not coming now.
                 self.release_prepared();
                 self.modes.port_target = None;
-                // ABOR keeps the Telnet IP/DM in front of it: servers look for them.
-                let sent = if command == Command::Abor {
+                // A Synch sent in band stays in front of it as sent: servers look for it.
+                let sent = if synch == Some(Synch::InBand) {
                     line.clone()
                 } else {
                     wire
@@ -151,6 +154,8 @@ impl Session {
             Command::Quit => self.forward(wire, Awaiting::Quit),
             Command::Feat => self.forward(wire, Awaiting::Feat),
         }
+        // Only the command of this line goes behind its Synch.
+        self.urgent = false;
     }
 
     /// A line ftpgate answers with a refusal, never forwarding it.
@@ -261,6 +266,9 @@ impl Session {
             return;
         }
         match self.gate.expect(awaiting) {
+            Ok(()) if std::mem::take(&mut self.urgent) => {
+                self.actions.push(Action::ToServerSynch(line))
+            }
             Ok(()) => self.actions.push(Action::ToServer(line)),
             Err(overflow) => self.overflow(overflow),
         }

@@ -85,6 +85,10 @@ pub enum Action {
     ToClient(Vec<u8>),
     /// Write these bytes to the server.
     ToServer(Vec<u8>),
+    /// Write the Telnet Synch the client sent, then this command: `IAC IP` in band,
+    /// `IAC` as TCP urgent data, then `DM` and the command (RFC 959 §4.1.3), so that the
+    /// server sees what it would see without the gateway.
+    ToServerSynch(Vec<u8>),
     /// Make the TLS handshake on the client's control connection (ftpgate the server)
     /// before reading anything more from it; report [`Event::ClientTls`].
     StartClientTls,

@@ -171,6 +171,9 @@ pub struct Session {
     refusal_log: RefusalLog,
     /// TLS toward the client (`tls: terminate`).
     tls: tls::ClientTls,
+    /// The line being dispatched came behind a Synch with urgent data: the command it
+    /// forwards goes to the server behind the same.
+    urgent: bool,
     /// The server closed its control connection; the session closes once the client has
     /// its last replies and data.
     server_gone: bool,
@@ -210,6 +213,7 @@ impl Session {
                 secured: p_implicit,
                 private_data: false,
             },
+            urgent: false,
             server_gone: false,
             failure: None,
             actions: Vec::new(),

@@ -1880,3 +1880,30 @@ fn on_shutdown_a_transfer_past_the_grace_is_cut_with_421() {
     assert_eq!(h.ended.len(), 1);
     assert!(!h.ended[0].ok);
 }
+
+#[test]
+fn a_synch_with_urgent_data_goes_to_the_server_as_it_came() {
+    let mut h = Harness::relaying();
+    // BSD ftp: IAC IP, IAC as urgent data (not in band), DM ABOR; split across reads.
+    assert!(h.client(b"\xff\xf4").is_empty());
+    assert_eq!(
+        h.client(b"\xf2ABOR\r\n"),
+        vec![Action::ToServerSynch(b"ABOR\r\n".to_vec())]
+    );
+    // The next command is an ordinary one.
+    assert_eq!(h.client(b"NOOP\r\n"), vec![to_server("NOOP\r\n")]);
+    // All of the Synch in band: passed as sent.
+    assert_eq!(
+        h.client(b"\xff\xf4\xff\xf2ABOR\r\n"),
+        vec![Action::ToServer(b"\xff\xf4\xff\xf2ABOR\r\n".to_vec())]
+    );
+    // Any command may follow a Synch (STAT during a transfer).
+    assert_eq!(
+        h.client(b"\xff\xf4\xf2STAT\r\n"),
+        vec![Action::ToServerSynch(b"STAT\r\n".to_vec())]
+    );
+    // Answered here: nothing is left urgent for a later line.
+    h.client(b"\xff\xf4\xf2PORT 1,2,3\r\n");
+    assert_eq!(h.client(b"NOOP\r\n"), vec![to_server("NOOP\r\n")]);
+    assert!(h.refused.is_empty() || h.refused == vec![Rule::MalformedAddress]);
+}

@@ -560,3 +560,83 @@ impl Running {
             .unwrap_or_else(|| panic!("no listen address for {name}"))
     }
 }
+
+/// vsftpd on loopback as the launching user (`run_as_launching_user`), anonymous with
+/// uploads into `upload/`; `extra` adds configuration lines. `None` (skipped loudly, a
+/// failure under CI) when the binary is missing: `tests/run` unpacks it into
+/// `target/peers`.
+pub struct Vsftpd {
+    child: Child,
+    /// The control port.
+    pub port: u16,
+    root: tempfile::TempDir,
+    _conf: tempfile::TempDir,
+}
+
+impl Vsftpd {
+    /// Starts vsftpd with `extra` configuration lines.
+    pub fn start(extra: &str) -> Option<Self> {
+        let binary = std::env::var("VSFTPD").ok().unwrap_or_else(|| {
+            format!(
+                "{}/target/peers/vsftpd/usr/sbin/vsftpd",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        });
+        if !Path::new(&binary).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the vsftpd tests: {binary} is missing (tests/run unpacks it)"
+            );
+            eprintln!("SKIPPED: {binary} is missing (tests/run unpacks vsftpd into target/peers)");
+            return None;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("upload")).unwrap();
+        let conf = tempfile::tempdir().unwrap();
+        let empty = conf.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let port = free_port();
+        let passive = free_port();
+        let text = format!(
+            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
+             run_as_launching_user=YES\nanonymous_enable=YES\nlocal_enable=NO\n\
+             anon_root={}\nno_anon_password=YES\nwrite_enable=YES\nanon_upload_enable=YES\n\
+             anon_umask=022\npasv_enable=YES\npasv_min_port={passive}\npasv_max_port={passive}\n\
+             port_enable=YES\nconnect_from_port_20=NO\nsecure_chroot_dir={}\n\
+             seccomp_sandbox=NO\nxferlog_enable=NO\ndirmessage_enable=NO\n{extra}",
+            root.path().display(),
+            empty.display(),
+        );
+        let file = conf.path().join("vsftpd.conf");
+        std::fs::write(&file, text).unwrap();
+        let child = Command::new(binary)
+            .arg(&file)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self {
+            child,
+            port,
+            root,
+            _conf: conf,
+        })
+    }
+
+    /// The served directory.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for Vsftpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
