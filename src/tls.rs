@@ -21,9 +21,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{Config, TlsSettings, UpstreamTls};
 
-/// TLS sessions a session's cache keeps (its control connection's and those its data
-/// connections were issued).
-const SESSION_CACHE: usize = 64;
+/// TLS 1.2 sessions a session's cache keeps: its control connection's, which its data
+/// connections resume (TLS 1.3 tickets are stateless, under the session's own key).
+const SESSION_CACHE: usize = 8;
 
 /// Why a gateway's TLS material is unusable.
 #[derive(Debug, thiserror::Error)]

@@ -612,3 +612,71 @@ fn only_tls_1_2_and_1_3_are_spoken() {
         );
     }
 }
+
+/// One protected control session made with rustls, idle in the explicit login phase.
+fn tls_session(
+    addr: std::net::SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use std::io::{BufRead, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut r = std::io::BufReader::new(tcp.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    tcp.write_all(b"AUTH TLS\r\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("234"), "{line}");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::clone(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"NOOP\r\n").unwrap();
+    let mut reply = [0u8; 64];
+    let n = std::io::Read::read(&mut tls, &mut reply).unwrap();
+    assert!(
+        reply[..n].starts_with(b"530"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+    tls
+}
+
+#[test]
+fn idle_protected_sessions_cost_bounded_memory() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new();
+    let yaml = format!(
+        "gateways:\n  - name: idle\n    listen: \"127.0.0.1:0\"\n    upstream: \"user@host\"\n    server_side: {{ address: 127.0.0.1 }}\n    tls: {{ mode: terminate, certificate: {}, key: {} }}\nlimits: {{ max_sessions_per_client: 2000 }}\nlog: {{ level: info }}\n",
+        pki.cert().display(),
+        pki.key().display()
+    );
+    let (_dir, config) = config_file("idle.yaml", &yaml);
+    let gw = Running::start(&config);
+    let addr = gw.listening("idle");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    // Warm up (the first handshakes allocate what every later one reuses).
+    let warm: Vec<_> = (0..20).map(|_| tls_session(addr, &client)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let baseline = common::rss_kib(gw.child.id());
+    const SESSIONS: u64 = 400;
+    let sessions: Vec<_> = (0..SESSIONS).map(|_| tls_session(addr, &client)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let per_session = (common::rss_kib(gw.child.id()).saturating_sub(baseline) * 1024) / SESSIONS;
+    println!("{SESSIONS} idle TLS sessions: {per_session} bytes of RSS each");
+    drop((warm, sessions));
+    assert!(
+        per_session < 48 * 1024,
+        "{per_session} bytes of RSS per idle TLS session (budget 48 KiB)"
+    );
+}

@@ -230,7 +230,13 @@ impl Channels {
         // At most 512 characters of the argument go to the log.
         let argument = String::from_utf8_lossy(arg).chars().take(512).collect();
         ch.transfer = Some((verb, argument));
-        Some(ch.id)
+        let id = ch.id;
+        // Claimed by its transfer: an ABOR (or a newer PASV) no longer takes it away,
+        // even before its connection was reported.
+        if self.prepared == Some(id) {
+            self.prepared = None;
+        }
+        Some(id)
     }
 
     /// The server's final reply to channel `id`'s transfer. Returns whether the channel

@@ -1907,3 +1907,21 @@ fn a_synch_with_urgent_data_goes_to_the_server_as_it_came() {
     assert_eq!(h.client(b"NOOP\r\n"), vec![to_server("NOOP\r\n")]);
     assert!(h.refused.is_empty() || h.refused == vec![Rule::MalformedAddress]);
 }
+
+#[test]
+fn abor_never_cancels_a_channel_its_transfer_claimed_even_before_it_reported() {
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    h.client(b"RETR big\r\n");
+    // The client connected and data flows, but the session has not heard of it yet when
+    // the ABOR line arrives (events race under load).
+    h.client(b"ABOR\r\n");
+    assert!(h.data.cancelled.is_empty(), "{:?}", h.data.cancelled);
+    // An announced channel nobody claimed is still released by ABOR.
+    let mut h = Harness::relaying();
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    h.client(b"ABOR\r\n");
+    assert_eq!(h.data.cancelled.len(), 1);
+}
