@@ -40,6 +40,9 @@ struct SessionView {
     gateway: Arc<str>,
     client: SocketAddr,
     server: Option<SocketAddr>,
+    /// ftpgate's end of the connection to the server (the client's own address with
+    /// `server_source: client`).
+    source: Option<SocketAddr>,
     started: Instant,
     channels: BTreeMap<ChannelId, ChannelView>,
 }
@@ -70,6 +73,7 @@ impl Registry {
                 gateway,
                 client,
                 server: None,
+                source: None,
                 started: Instant::now(),
                 channels: BTreeMap::new(),
             },
@@ -86,9 +90,10 @@ impl Registry {
         let mut out = String::new();
         for (id, s) in sessions.iter() {
             let server = s.server.map_or_else(|| "-".to_owned(), |a| a.to_string());
+            let source = s.source.map_or_else(|| "-".to_owned(), |a| a.to_string());
             let _ = writeln!(
                 out,
-                "session id={id} gateway={} client={} server={server} age={}s",
+                "session id={id} gateway={} client={} server={server} source={source} age={}s",
                 s.gateway,
                 s.client,
                 s.started.elapsed().as_secs()
@@ -114,8 +119,11 @@ impl Entry {
     }
 
     /// The upstream is connected.
-    pub fn server(&self, addr: SocketAddr) {
-        self.update(|s| s.server = Some(addr));
+    pub fn server(&self, addr: SocketAddr, source: Option<SocketAddr>) {
+        self.update(|s| {
+            s.server = Some(addr);
+            s.source = source;
+        });
     }
 
     /// A data channel was announced on `port`.

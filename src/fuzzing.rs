@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::{ClientSource, ServerMode, TlsPolicy, UpstreamTls};
+use crate::config::{ClientSource, ServerMode, ServerSource, TlsPolicy, UpstreamTls};
 use crate::ftp::command::{parse_command, parse_proxy_login};
 use crate::ftp::hostport::{
     encode_eprt_arg, encode_port_arg, find_227, find_229, parse_eprt_arg, parse_port_arg,
@@ -88,6 +88,7 @@ pub fn lab_params(upstream: UpstreamKind) -> SessionParams {
             announce: IpAddr::from([203, 0, 113, 2]),
         },
         client_source: ClientSource::Gateway,
+        server_source: ServerSource::Gateway,
         tls: TlsParams::default(),
         limits: LAB_LIMITS,
         allow_server_ports: vec![21],

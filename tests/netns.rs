@@ -13,7 +13,9 @@
 //!   short active listings, and start-up without CAP_NET_ADMIN;
 //! - `router.py`: a router with its own accept-based firewall; `ftpgate nft --apply` and
 //!   the systemd unit's commands as written; all three roles at once from
-//!   `config/router.yaml`; a simulated reboot; start-up refused without privileges.
+//!   `config/router.yaml`; a simulated reboot; start-up refused without privileges;
+//! - `server_source.py`: the publish role with `server_source: client`: vsftpd and
+//!   pure-ftpd see each internet client's own address, as behind the kernel helper's DNAT.
 //!
 //! Needs root. Without root each test is skipped with a loud message, except under CI
 //! (`CI` set), where a skip would hide missing coverage and so fails instead.
@@ -73,4 +75,9 @@ fn kernel_data_path() {
 #[test]
 fn router_with_its_own_firewall() {
     run_lab("router.py");
+}
+
+#[test]
+fn published_server_sees_the_client() {
+    run_lab("server_source.py");
 }

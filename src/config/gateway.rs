@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::values::RawTls;
 use super::{
-    ClientSource, Intercept, InterceptMethod, Net, PortRange, RelayMode, ServerMode, SideConfig,
-    TlsPolicy, TlsSettings, Upstream, UpstreamTls,
+    ClientSource, Intercept, InterceptMethod, Net, PortRange, RelayMode, ServerMode, ServerSource,
+    SideConfig, TlsPolicy, TlsSettings, Upstream, UpstreamTls,
 };
 
 /// A gateway entry as written.
@@ -28,6 +28,8 @@ pub(super) struct RawGateway {
     server_mode: ServerMode,
     #[serde(default)]
     client_source: Option<ClientSource>,
+    #[serde(default)]
+    server_source: ServerSource,
     #[serde(default)]
     allow_clients: Option<Vec<Net>>,
     #[serde(default)]
@@ -91,6 +93,9 @@ pub struct GatewayConfig {
     pub server_mode: ServerMode,
     /// Source of active-mode data connections toward clients.
     pub client_source: ClientSource,
+    /// Source of the connections toward the server (publish role: `client` dials from
+    /// each client's own address).
+    pub server_source: ServerSource,
     /// Control connections from elsewhere are refused; empty means from anywhere.
     pub allow_clients: Vec<Net>,
     /// Upstreams never dialled (transparent and explicit roles).
@@ -155,7 +160,9 @@ impl GatewayConfig {
     /// delivers connections for foreign addresses, and `client_source: server` dials from
     /// the server's address. Both need `CAP_NET_ADMIN` and policy routing.
     pub fn needs_transparent_sockets(&self) -> bool {
-        self.client_source == ClientSource::Server || self.listens_transparently()
+        self.client_source == ClientSource::Server
+            || self.server_source == ServerSource::Client
+            || self.listens_transparently()
     }
 
     /// Whether its listeners must be transparent sockets (TPROXY hands them connections
@@ -204,6 +211,30 @@ pub(super) fn resolve_gateway(
     }
     if let Some(problem) = g.nat64_prefix.and_then(|p| nat64_problem(p, &g)) {
         return Err((key("nat64_prefix"), problem));
+    }
+    if g.server_source == ServerSource::Client {
+        let problem = if !matches!(g.upstream, Upstream::Fixed { .. }) {
+            Some(
+                "client is for the publish role (upstream: \"HOST:PORT\"): in the transparent \
+                 and explicit roles the server is on the internet, where a client's address \
+                 cannot come from the router"
+                    .to_owned(),
+            )
+        } else if client_side.address.to_canonical().is_ipv4()
+            != g.server_side.address.to_canonical().is_ipv4()
+        {
+            Some(
+                "client needs the client and server sides in one address family (FTP64 \
+                 translates between families: an IPv6 client address cannot reach an IPv4 \
+                 server)"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err((key("server_source"), problem));
+        }
     }
     let client_source = g.client_source.unwrap_or(match g.upstream {
         Upstream::Transparent if g.nat64_prefix.is_none() => ClientSource::Server,
@@ -268,6 +299,7 @@ pub(super) fn resolve_gateway(
         data_ports: g.data_ports,
         server_mode: g.server_mode,
         client_source,
+        server_source: g.server_source,
         allow_clients: g.allow_clients.unwrap_or_default(),
         deny_servers,
         allow_servers: g.allow_servers,

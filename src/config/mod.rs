@@ -19,7 +19,7 @@ pub use gateway::{GatewayConfig, DEFAULT_DENY_SERVERS, DEFAULT_SERVER_PORTS};
 pub use limits::Limits;
 pub use values::{
     ClientSource, HumanDuration, Intercept, InterceptMethod, Interface, Net, PortRange, RelayMode,
-    ServerMode, SideConfig, TlsPolicy, TlsSettings, Upstream, UpstreamTls,
+    ServerMode, ServerSource, SideConfig, TlsPolicy, TlsSettings, Upstream, UpstreamTls,
 };
 
 use gateway::{resolve_gateway, RawGateway};
@@ -482,6 +482,27 @@ gateways:
 
     fn error_of(yaml: &str) -> String {
         Config::parse(yaml, "bad.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn server_source_client_is_for_the_publish_role_in_one_family() {
+        let c = Config::parse(&format!("{MINIMAL}    server_source: client\n"), "t.yaml").unwrap();
+        assert_eq!(c.gateways[0].server_source, ServerSource::Client);
+        assert!(c.gateways[0].needs_transparent_sockets());
+        let transparent = MINIMAL.replace("\"10.0.0.5:21\"", "transparent");
+        let e = error_of(&format!("{transparent}    server_source: client\n"));
+        assert!(
+            e.contains("gateways[0].server_source") && e.contains("publish role"),
+            "{e}"
+        );
+        let explicit = MINIMAL.replace("\"10.0.0.5:21\"", "\"user@host\"");
+        let e = error_of(&format!("{explicit}    server_source: client\n"));
+        assert!(e.contains("gateways[0].server_source"), "{e}");
+        let ftp64 = MINIMAL.replace("127.0.0.1 }", "\"2001:db8::1\" }");
+        let e = error_of(&format!("{ftp64}    server_source: client\n"));
+        assert!(e.contains("server_source") && e.contains("family"), "{e}");
+        let c = Config::parse(MINIMAL, "t.yaml").unwrap();
+        assert_eq!(c.gateways[0].server_source, ServerSource::Gateway);
     }
 
     #[test]

@@ -217,6 +217,18 @@ pub enum ClientSource {
     Gateway,
 }
 
+/// The source address of ftpgate's connections toward a published server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerSource {
+    /// `server_side.address`.
+    #[default]
+    Gateway,
+    /// The client's own address, bound with `IP_TRANSPARENT`: the server sees each client
+    /// as behind DNAT (publish role only).
+    Client,
+}
+
 /// What to do with `AUTH TLS`/`AUTH SSL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

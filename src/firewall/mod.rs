@@ -18,7 +18,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::config::{
-    Config, GatewayConfig, InterceptMethod, KernelConfig, RelayMode, SideConfig, Upstream,
+    Config, GatewayConfig, InterceptMethod, KernelConfig, RelayMode, ServerSource, SideConfig,
+    Upstream,
 };
 
 use host::Host;
@@ -327,6 +328,18 @@ fn gateway_needs(
                 ),
             });
         }
+    }
+    if g.server_source == ServerSource::Client {
+        // The server's active-mode connections go to the client's address, where
+        // ftpgate's transparent listener waits: delivered to it, new ones included.
+        let from = peers_of(g, i, false, host)?;
+        n.mark.push(format!(
+            "{from} meta l4proto tcp tcp dport {data} socket transparent 1 meta mark set {mark:#x} accept {label}"
+        ));
+        n.input.push(Accept {
+            ipv4: None,
+            rule: format!("meta mark {mark:#x} tcp dport {data} accept {label}"),
+        });
     }
     let Some(intercept) = &g.intercept else {
         return Ok(());
@@ -753,6 +766,18 @@ mod tests {
         assert!(t.contains("tcp dport 40000-40999 tproxy ip to 10.0.0.1 meta mark set 0x1"));
         assert!(!t.contains("dnat"), "{t}");
         assert!(t.contains("meta mark 0x1 tcp dport { 21, 2100, 40000-40999 } accept"));
+    }
+
+    #[test]
+    fn server_source_client_brings_the_servers_connections_to_ftpgate() {
+        let yaml = format!("gateways:\n{PUBLISH}    server_source: client\n");
+        let g = joined(&yaml, OPERATOR);
+        let t = &g.text;
+        assert!(t.contains("iifname \"dmz0\" meta l4proto tcp tcp dport 42000-42099 socket transparent 1 meta mark set 0x1 accept"), "{t}");
+        assert!(t.contains("meta mark 0x1 tcp dport 42000-42099 accept"));
+        assert!(t.contains("meta mark 0x1 ct state established,related accept"));
+        let plain = joined(&format!("gateways:\n{PUBLISH}"), OPERATOR);
+        assert!(!plain.text.contains("socket transparent"), "{}", plain.text);
     }
 
     #[test]

@@ -15,8 +15,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Entry;
-use crate::config::UpstreamTls;
+use crate::config::{ServerSource, UpstreamTls};
 use crate::data::channel::DataTls;
+use crate::plan::DialSource;
 use crate::plan::{ChannelId, DataEvent};
 use crate::session::{
     Action, Event, Session, SessionLimits, SessionParams, SideAddrs, TlsParams, UpstreamKind,
@@ -42,6 +43,8 @@ pub(super) struct Connection {
     client_open: bool,
     /// This session's TLS configurations toward its client (`tls: terminate`).
     tls: Option<SessionTls>,
+    /// The client's address (the source toward the server with `server_source: client`).
+    peer_ip: std::net::IpAddr,
     /// TLS toward the server (`tls.upstream`), once its name is known.
     upstream_tls: Option<UpstreamSession>,
     server: Option<ControlStream>,
@@ -85,6 +88,7 @@ impl Connection {
                     announce: cfg.server_announce(),
                 },
                 client_source: cfg.client_source,
+                server_source: cfg.server_source,
                 tls: TlsParams {
                     policy: cfg.tls.mode,
                     require: cfg.tls.require,
@@ -122,6 +126,7 @@ impl Connection {
             tls,
             server: None,
             connecting: None,
+            peer_ip: peer.ip().to_canonical(),
             upstream_tls: None,
             channel_events,
             ready,
@@ -147,7 +152,11 @@ impl Connection {
         self.channels.set_server_tls(tls.clone());
         self.upstream_tls = tls.clone();
         let implicit = tls.filter(|_| self.ctx.cfg.tls.upstream == UpstreamTls::Implicit);
-        let from = self.ctx.cfg.server_side.address;
+        // server_source: client: the server sees the client's own address.
+        let from = match self.ctx.cfg.server_source {
+            ServerSource::Gateway => DialSource::Bind(self.ctx.cfg.server_side.address),
+            ServerSource::Client => DialSource::Transparent(self.peer_ip),
+        };
         let within = self.ctx.limits.line_timeout.0;
         self.connecting = Some(Box::pin(async move {
             let tcp = connect_upstream(target, from, checked.as_deref()).await?;
@@ -243,7 +252,7 @@ impl Connection {
         match connected {
             Ok((server, early, addr)) => {
                 tracing::Span::current().record("server", tracing::field::display(addr));
-                self.channels.entry.server(addr);
+                self.channels.entry.server(addr, server.local_addr().ok());
                 tracing::info!(tls = server.is_tls(), "connected upstream");
                 self.server = Some(server);
                 if !early.is_empty() {

@@ -54,6 +54,11 @@ impl ControlStream {
         self.tcp.peer_addr()
     }
 
+    /// ftpgate's address on it.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+
     /// Whether TLS protects it.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Registry;
-use crate::config::{ClientSource, Config, GatewayConfig, Limits, RelayMode};
+use crate::config::{ClientSource, Config, GatewayConfig, Limits, RelayMode, ServerSource};
 use crate::data::kernel::{KernelError, KernelPath};
 use crate::data::ports::PortPool;
 use crate::sys::routing::PolicyRoutes;
@@ -233,6 +233,11 @@ impl Gateways {
                     "client_source",
                     "`server` (dialling from the server's address)",
                 )
+            } else if g.server_source == ServerSource::Client {
+                (
+                    "server_source",
+                    "`client` (dialling the server from each client's address)",
+                )
             } else {
                 ("intercept.method", "`tproxy` (transparent listeners)")
             };
@@ -295,7 +300,9 @@ impl Gateways {
                 })?
                 .map(Arc::new);
             let name: Arc<str> = Arc::from(g.name.as_str());
-            let transparent = g.listens_transparently();
+            // Transparent listeners: TPROXY's, and (server_source: client) those on the
+            // client's address that the server connects to in active mode.
+            let transparent = g.listens_transparently() || g.server_source == ServerSource::Client;
             let context = |listen_addr, pool| GatewayContext {
                 cfg: g.clone(),
                 name: Arc::clone(&name),
@@ -386,7 +393,11 @@ impl Gateways {
                 }
             };
             let ctx = serving.ctx.load();
-            tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, "{what}");
+            let server_source = match ctx.cfg.server_source {
+                ServerSource::Gateway => "gateway",
+                ServerSource::Client => "client",
+            };
+            tracing::info!(gateway = %ctx.name, listen = %ctx.listen_addr, upstream = %ctx.cfg.upstream, server_source, "{what}");
             if ctx.cfg.allow_privileged_ports {
                 tracing::warn!(gateway = %ctx.name, "allow_privileged_ports is on: data ports below 1024 are accepted (DESIGN.md rule 4 relaxed)");
             }

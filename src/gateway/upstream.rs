@@ -94,9 +94,12 @@ fn is_own_address(ip: IpAddr) -> bool {
 /// client named it).
 pub(super) async fn connect_upstream(
     target: Target,
-    from: IpAddr,
+    from: DialSource,
     checked: Option<&GatewayContext>,
 ) -> Result<TcpStream, String> {
+    let from_ip = match from {
+        DialSource::Bind(ip) | DialSource::Transparent(ip) => ip,
+    };
     let candidates: Vec<SocketAddr> = match target {
         Target::Addr(a) => vec![a],
         Target::Name(host, port) => tokio::net::lookup_host((host.as_str(), port))
@@ -114,11 +117,11 @@ pub(super) async fn connect_upstream(
                 continue;
             }
         }
-        if !from.is_unspecified() && from.is_ipv4() != addr.is_ipv4() {
-            last = format!("{addr} is not reachable from {from}");
+        if !from_ip.is_unspecified() && from_ip.is_ipv4() != addr.is_ipv4() {
+            last = format!("{addr} is not reachable from {from_ip}");
             continue;
         }
-        match channel::dial(addr, DialSource::Bind(from), UPSTREAM_CONNECT_TIMEOUT).await {
+        match channel::dial(addr, from, UPSTREAM_CONNECT_TIMEOUT).await {
             Ok(s) => return Ok(s),
             Err(e) => last = format!("{addr}: {e}"),
         }

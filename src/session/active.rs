@@ -4,9 +4,9 @@
 //! dials the client once the server connected. Under `server_mode: passive` ftpgate
 //! answers `PORT`/`EPRT` itself ([`super::conversion`] asks the server for `PASV` later).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{ClientSource, ServerMode};
+use crate::config::{ClientSource, ServerMode, ServerSource};
 use crate::ftp::hostport::{encode_eprt_arg, encode_port_arg};
 use crate::ftp::replies::Response;
 use crate::ftp::reply::Reply;
@@ -67,11 +67,37 @@ impl Session {
         }
     }
 
-    /// A listener on the server side that admits only the server.
+    /// A listener on the server side that admits only the server: on ftpgate's
+    /// server-side address, or (`server_source: client`) a transparent one on the
+    /// client's own, which is what `PORT`/`EPRT` then name.
     pub(super) fn server_listener(&self, server: SocketAddr) -> Endpoint {
         Endpoint::Accept {
-            on: self.p.server_side.address,
+            on: self.server_side_address(),
             peer: server.ip(),
+        }
+    }
+
+    /// The address ftpgate's connections toward the server come from.
+    pub(super) fn server_side_address(&self) -> IpAddr {
+        match self.p.server_source {
+            ServerSource::Gateway => self.p.server_side.address,
+            ServerSource::Client => self.p.client.ip(),
+        }
+    }
+
+    /// Where connections toward the server start from.
+    pub(super) fn server_dial_source(&self) -> DialSource {
+        match self.p.server_source {
+            ServerSource::Gateway => DialSource::Bind(self.p.server_side.address),
+            ServerSource::Client => DialSource::Transparent(self.p.client.ip()),
+        }
+    }
+
+    /// The address `PORT`/`EPRT` name toward the server.
+    pub(super) fn server_announce(&self) -> IpAddr {
+        match self.p.server_source {
+            ServerSource::Gateway => self.p.server_side.announce,
+            ServerSource::Client => self.p.client.ip(),
         }
     }
 
@@ -88,7 +114,7 @@ impl Session {
     /// server has shown it does not know `EPRT`. An `EPRT` whose fate is unknown holds
     /// client lines, so that a `PORT` retry keeps the order of commands.
     pub(super) fn send_active(&mut self, id: ChannelId, port: u16, ext: bool, converted: bool) {
-        let announce = SocketAddr::new(self.p.server_side.announce, port);
+        let announce = SocketAddr::new(self.server_announce(), port);
         let sent_ext = match announce {
             SocketAddr::V4(_) => ext && self.modes.server_ext != Some(false),
             SocketAddr::V6(_) => true,

@@ -19,7 +19,7 @@ use crate::ftp::hostport::encode_port_arg;
 use crate::ftp::line::clean_line;
 use crate::ftp::replies::Response;
 use crate::ftp::reply::Reply;
-use crate::plan::{DataOpenError, DataPlan, DialSource, Endpoint, Ports};
+use crate::plan::{DataOpenError, DataPlan, Endpoint, Ports};
 
 use super::gate::{Awaiting, PassiveUse};
 use super::{Action, Opening, Rewrite, Session};
@@ -140,7 +140,7 @@ impl Session {
             },
             server: Endpoint::Dial {
                 to: dial,
-                from: DialSource::Bind(self.p.server_side.address),
+                from: self.server_dial_source(),
             },
             client_tls: self.client_data_protected(),
             server_tls: self.secures_upstream(),
@@ -205,7 +205,7 @@ impl Session {
             return false;
         }
         let command = match retry {
-            Awaiting::Active { port, .. } => match self.p.server_side.announce {
+            Awaiting::Active { port, .. } => match self.server_announce() {
                 IpAddr::V4(ip) => {
                     format!("PORT {}\r\n", encode_port_arg(SocketAddrV4::new(ip, port)))
                 }

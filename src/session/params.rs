@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::config::{ClientSource, ServerMode, TlsPolicy, UpstreamTls};
+use crate::config::{ClientSource, ServerMode, ServerSource, TlsPolicy, UpstreamTls};
 use crate::ftp::reply::ReplyLimits;
 
 /// The bounds of one session: every buffer and queue a peer can grow (DESIGN.md §6.12),
@@ -88,6 +88,9 @@ pub struct SessionParams {
     pub server_side: SideAddrs,
     /// Source of active-mode data connections toward the client.
     pub client_source: ClientSource,
+    /// Source of connections toward the server: `client` dials (and, in active mode,
+    /// listens) on the client's own address, announced in `PORT`/`EPRT`.
+    pub server_source: ServerSource,
     /// What to do with `AUTH TLS`/`AUTH SSL`, and TLS termination's demands.
     pub tls: TlsParams,
     /// Bounds and timeouts.

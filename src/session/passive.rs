@@ -12,7 +12,7 @@ use crate::config::ServerMode;
 use crate::ftp::hostport::{encode_port_arg, find_227, find_229};
 use crate::ftp::replies::Response;
 use crate::ftp::reply::Reply;
-use crate::plan::{ChannelId, DataOpenError, DataPlan, DialSource, Endpoint, Ports};
+use crate::plan::{ChannelId, DataOpenError, DataPlan, Endpoint, Ports};
 use crate::rules::Rule;
 
 use super::gate::{Awaiting, Outgoing, PassiveUse};
@@ -197,7 +197,7 @@ impl Session {
             client: self.client_listener(),
             server: Endpoint::Dial {
                 to: dial,
-                from: DialSource::Bind(self.p.server_side.address),
+                from: self.server_dial_source(),
             },
             client_tls: self.client_data_protected(),
             server_tls: self.secures_upstream(),

@@ -742,6 +742,34 @@ fn a_server_that_refuses_tls_ends_the_session_before_any_login() {
 }
 
 #[test]
+fn server_source_client_dials_and_listens_on_the_clients_address() {
+    let mut p = params(UpstreamKind::Fixed);
+    p.server_source = crate::config::ServerSource::Client;
+    let client_ip = p.client.ip();
+    let mut h = Harness::new(p);
+    h.ev(Event::UpstreamConnected(SERVER.parse().unwrap()));
+    h.server(b"220 hi\r\n");
+    h.client(b"PASV\r\n");
+    h.server(b"227 Entering Passive Mode (192,0,2,10,19,137).\r\n");
+    let (_, plan) = h.data.opened.last().unwrap().clone();
+    assert!(
+        matches!(plan.server, Endpoint::Dial { from: DialSource::Transparent(ip), .. } if ip == client_ip),
+        "{plan:?}"
+    );
+    // Active mode: the server is told the client's own address, where ftpgate listens.
+    let out = h.client(b"PORT 10,0,0,5,4,1\r\n");
+    let (_, plan) = h.data.opened.last().unwrap().clone();
+    assert!(
+        matches!(plan.server, Endpoint::Accept { on, .. } if on == client_ip),
+        "{plan:?}"
+    );
+    assert!(
+        matches!(&out[..], [Action::ToServer(b)] if b.starts_with(b"PORT 10,0,0,5,")),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn explicit_login_replays_user() {
     let mut h = Harness::new(SessionParams {
         allow_server_ports: vec![21, 2121],
