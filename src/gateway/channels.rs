@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::admin::Entry;
-use crate::config::{RelayMode, ServerSource, Upstream};
+use crate::config::{RelayMode, Upstream};
 use crate::data::channel::{self, ChannelContext, DataTls, Listeners, Listening};
 use crate::data::kernel::{KernelChannel, KernelPath, Mapping};
 use crate::data::ports::PortLease;
@@ -111,13 +111,7 @@ impl ChannelTasks {
     pub fn open(&mut self, id: ChannelId, plan: &DataPlan) -> Result<Ports, DataOpenError> {
         // The kernel cannot carry TLS: ftpgate is the TLS server of a protected channel.
         let opened = match &self.ctx.kernel {
-            // server_source: client keeps the client's address toward the server, which
-            // the kernel mappings (SNAT to server_side) do not: such channels are spliced.
-            Some(kernel)
-                if !plan.client_tls
-                    && !plan.server_tls
-                    && self.ctx.cfg.server_source == ServerSource::Gateway =>
-            {
+            Some(kernel) if !plan.client_tls && !plan.server_tls => {
                 self.open_kernel(id, plan, Arc::clone(kernel))?
             }
             _ => None,

@@ -28,6 +28,7 @@ CONFIG = """gateways:
     server_side: { address: 10.0.1.1, interface: dmz0 }
     data_ports: "42000-42099"
     server_source: client
+    relay: %(relay)s
   - name: public-pure
     listen: "203.0.113.1:2121"
     upstream: "10.0.1.10:2121"
@@ -35,6 +36,7 @@ CONFIG = """gateways:
     server_side: { address: 10.0.1.1, interface: dmz0 }
     data_ports: "42100-42199"
     server_source: client
+    relay: %(relay)s
 metrics:
   listen: "127.0.0.1:9464"
 admin:
@@ -91,58 +93,69 @@ def main():
         print("%-58s %-4s %s" % (name, "ok" if ok else "FAIL", detail), flush=True)
 
     binary = os.path.abspath(args.ftpgate)
-    config = os.path.join(work, "publish-client-source.yaml")
     admin = os.path.join(work, "admin.sock")
-    with open(config, "w") as f:
-        f.write(CONFIG % {"admin": admin})
     try:
         topo.up(policy_routing=False)
         topo.ip("-n", topo.ns["inet"], "addr", "add", SECOND + "/24", "dev", "eth0")
         server = LoggingVsftpd(topo, "dmz", "10.0.1.10")
         pure = lab.PureFtpd(topo, "dmz", "10.0.1.10", port=2121)
-        rules = subprocess.run([binary, "nft", "--full", "--config", config],
-                               capture_output=True, text=True, check=True).stdout
-        topo.router_rules(text=rules)
-        gw = topo.spawn("rtr", [binary, "run", "--config", config], "ftpgate.log")
-        lab.wait_port(topo, "rtr", "203.0.113.1", 21)
-        for mode in ("EPSV", "PASV", "EPRT", "PORT"):
-            ok, detail = lab.run_cell(topo, "cs-%s" % mode, lab.Client("curl", mode), PUBLISH,
-                                      server)
-            check("curl %s through server_source: client" % mode, ok, detail)
-        for mode in ("EPSV", "PORT"):
-            ok, detail = lab.run_cell(topo, "pure-%s" % mode, lab.Client("curl", mode),
-                                      PUBLISH_PURE, pure)
-            check("pure-ftpd, curl %s through server_source: client" % mode, ok, detail)
-        # ftpgate sessions shows the source used toward the server.
-        hold = topo.spawn("inet", ["python3", "-c", HOLD], "hold.log")
-        time.sleep(1)
-        r = topo.run("rtr", [binary, "sessions", "--socket", admin], capture_output=True,
-                     text=True)
-        topo.stop(hold)
-        check("ftpgate sessions shows the client's address as the source",
-              "source=203.0.113.10:" in r.stdout, r.stdout.strip().replace("\n", "; "))
-        # A second client, from another address, at once with the first.
-        out = os.path.join(work, "second.bin")
-        r = topo.run("inet", ["curl", "-sS", "--max-time", "20", "--interface", SECOND,
-                              "-o", out, "ftp://203.0.113.1/down.bin"],
-                     capture_output=True, text=True)
-        check("a second client from %s" % SECOND,
-              r.returncode == 0 and lab.sha256_file(out) == server.down_sha, r.stderr.strip())
-        log = server.log()
-        check("vsftpd's log names the first client", '"203.0.113.10"' in log)
-        check("vsftpd's log names the second client", '"%s"' % SECOND in log)
-        check("vsftpd's log never names the gateway", '"10.0.1.1"' not in log,
-              "%d lines" % len(log.splitlines()))
-        # Without the policy routing (removed by hand): a clear refusal, not a hang.
-        for family in ("-4", "-6"):
-            topo.run("rtr", ["ip", family, "rule", "del", "fwmark", "1", "lookup", "100"])
-        r = topo.run("inet", ["curl", "-sS", "-v", "--max-time", "40",
-                              "ftp://203.0.113.1/down.bin", "-o", "/dev/null"],
-                     capture_output=True, text=True)
-        check("without its policy routing a session fails with 421, no hang",
-              r.returncode != 0 and "< 421" in r.stderr,
-              (r.stderr.strip().splitlines() or [""])[-1][:150])
-        topo.stop(gw)
+        for relay in ("splice", "kernel"):
+            config = os.path.join(work, "publish-%s.yaml" % relay)
+            with open(config, "w") as f:
+                f.write(CONFIG % {"admin": admin, "relay": relay})
+            rules = subprocess.run([binary, "nft", "--full", "--config", config],
+                                   capture_output=True, text=True, check=True).stdout
+            topo.router_rules(text=rules)
+            gw = topo.spawn("rtr", [binary, "run", "--config", config], "ftpgate-%s.log" % relay)
+            lab.wait_port(topo, "rtr", "203.0.113.1", 21)
+            seen = len(server.log())
+            for mode in ("EPSV", "PASV", "EPRT", "PORT"):
+                ok, detail = lab.run_cell(topo, "%s-%s" % (relay, mode),
+                                          lab.Client("curl", mode), PUBLISH, server)
+                check("%s: vsftpd, curl %s" % (relay, mode), ok, detail)
+            for mode in ("EPSV", "PORT"):
+                ok, detail = lab.run_cell(topo, "%s-pure-%s" % (relay, mode),
+                                          lab.Client("curl", mode), PUBLISH_PURE, pure)
+                check("%s: pure-ftpd, curl %s" % (relay, mode), ok, detail)
+            # ftpgate sessions shows the source used toward the server.
+            hold = topo.spawn("inet", ["python3", "-c", HOLD], "hold.log")
+            time.sleep(1)
+            r = topo.run("rtr", [binary, "sessions", "--socket", admin], capture_output=True,
+                         text=True)
+            topo.stop(hold)
+            check("%s: ftpgate sessions shows the client's address as source" % relay,
+                  "source=203.0.113.10:" in r.stdout, r.stdout.strip().replace("\n", "; "))
+            # A second client, from another address.
+            out = os.path.join(work, "second-%s.bin" % relay)
+            r = topo.run("inet", ["curl", "-sS", "--max-time", "20", "--interface", SECOND,
+                                  "-o", out, "ftp://203.0.113.1/down.bin"],
+                         capture_output=True, text=True)
+            check("%s: a second client from %s" % (relay, SECOND),
+                  r.returncode == 0 and lab.sha256_file(out) == server.down_sha,
+                  r.stderr.strip())
+            log = server.log()[seen:]
+            check("%s: vsftpd's log names the first client" % relay, '"203.0.113.10"' in log)
+            check("%s: vsftpd's log names the second client" % relay, '"%s"' % SECOND in log)
+            check("%s: vsftpd's log never names the gateway" % relay, '"10.0.1.1"' not in log,
+                  "%d lines" % len(log.splitlines()))
+            if relay == "kernel":
+                # Without the policy routing (removed by hand): a clear refusal, no hang.
+                for family in ("-4", "-6"):
+                    topo.run("rtr", ["ip", family, "rule", "del", "fwmark", "1", "lookup",
+                                     "100"], capture_output=True)
+                r = topo.run("inet", ["curl", "-sS", "-v", "--max-time", "40",
+                                      "ftp://203.0.113.1/down.bin", "-o", "/dev/null"],
+                             capture_output=True, text=True)
+                check("without its policy routing a session fails with 421, no hang",
+                      r.returncode != 0 and "< 421" in r.stderr,
+                      (r.stderr.strip().splitlines() or [""])[-1][:150])
+            topo.stop(gw)
+            with open(os.path.join(work, "ftpgate-%s.log" % relay), errors="replace") as f:
+                gwlog = f.read()
+            carried = gwlog.count('path="%s"' % relay)
+            check("%s: every transfer carried by %s" % (relay, relay),
+                  carried >= 18 and gwlog.count("ftpgate::transfer") == carried,
+                  "%d transfer lines" % carried)
         # The baseline, in the same run: the kernel's FTP helper behind DNAT.
         seen = len(server.log())
         topo.router_rules(text=KERNEL_RULES)
