@@ -417,11 +417,7 @@ def main():
     ap.add_argument("--paths", default=",".join(PATHS), help="throughput: paths to measure")
     ap.add_argument("--write-doc")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("netns_bench.py needs root")
-    missing = lab.missing_tools(extra=("conntrack",))
-    if missing:
-        sys.exit("%s needs: " % os.path.basename(__file__) + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("netns_bench.py", ("conntrack",))
     # Transfers live in RAM: the disk is not what is measured.
     work = tempfile.mkdtemp(prefix="ftpgate-bench-", dir="/dev/shm")
     topo = lab.Topology(work)

@@ -20,7 +20,6 @@ and checks what an operator must be able to rely on:
 
 `--long` makes the soak five minutes instead of fifteen seconds.
 """
-import argparse
 import json
 import os
 import re
@@ -381,16 +380,10 @@ class Suite:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
+    ap = lab.parser()
     ap.add_argument("--long", action="store_true", help="a five-minute soak")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("faults.py needs root (network namespaces, nftables)")
-    missing = lab.missing_tools()
-    if missing:
-        sys.exit("faults.py needs: " + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("faults.py")
     work = tempfile.mkdtemp(prefix="ftpgate-faults-")
     topo = lab.Topology(work)
     suite = Suite(topo, args.ftpgate, args.long or os.environ.get("FTPGATE_FAULTS_LONG"))

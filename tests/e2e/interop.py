@@ -14,7 +14,6 @@ which every other session must finish intact and every data port must be back in
 Exit status 0 when every ftpgate cell and check passed; kernel cells are recorded, not
 judged. --write-doc FILE puts the table into FILE between the matrix markers.
 """
-import argparse
 import concurrent.futures
 import datetime
 import os
@@ -612,19 +611,13 @@ def write_doc(path, matrix):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
+    ap = lab.parser()
     ap.add_argument("--servers", default="vsftpd,pure-ftpd,pyftpdlib")
     ap.add_argument("--sections", default="matrix,beyond,concurrency,faults",
                     help="which parts to run (comma-separated; default: all)")
     ap.add_argument("--write-doc", help="write the table into this markdown file")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("interop.py needs root (network namespaces, nftables)")
-    missing = lab.missing_tools()
-    if missing:
-        sys.exit("interop.py needs: " + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("interop.py")
 
     work = tempfile.mkdtemp(prefix="ftpgate-interop-")
     topo = lab.Topology(work)

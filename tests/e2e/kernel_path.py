@@ -14,11 +14,9 @@ ftpgate's conntrack mark) and runs ftpgate with the shipped publish and outbound
 - Without CAP_NET_ADMIN, `relay: kernel` refuses to start and says why.
 Exit status 0 when every check passed.
 """
-import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -268,15 +266,9 @@ def unprivileged(lab_, work):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap = lab.parser()
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("kernel_path.py needs root (network namespaces, nftables)")
-    missing = lab.missing_tools(extra=("conntrack", "setpriv"))
-    if missing:
-        sys.exit("kernel_path.py needs: " + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("kernel_path.py", ("conntrack", "setpriv"))
     work = tempfile.mkdtemp(prefix="ftpgate-kernel-")
     os.chmod(work, 0o755)
     topo = lab.Topology(work)

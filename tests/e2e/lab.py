@@ -9,11 +9,13 @@ The internet host has no route to private space, as on the real internet. Server
 (vsftpd, pure-ftpd, pyftpdlib), clients (curl, lftp, Python ftplib) and ftpgate run inside
 the namespaces; every transferred file is checked by SHA-256.
 """
+import argparse
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -77,6 +79,23 @@ def missing_tools(extra=()):
     if probe.returncode != 0:
         missing.append("pyftpdlib")
     return missing
+
+
+def parser():
+    """The arguments every lab takes (`--ftpgate`, `--keep`); a lab adds its own."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    return ap
+
+
+def require_root_and_tools(script, extra=()):
+    """Exits, saying why, unless the lab can run here: root, and every tool it uses."""
+    if os.geteuid() != 0:
+        sys.exit("%s needs root (network namespaces, nftables)" % script)
+    missing = missing_tools(extra)
+    if missing:
+        sys.exit("%s needs: %s (run tests/run)" % (script, ", ".join(missing)))
 
 
 class Topology:

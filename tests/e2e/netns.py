@@ -8,8 +8,6 @@ fail, and fail at the data connection. vsftpd serves; curl and lftp are the clie
 active and passive; every file is checked by SHA-256. Exit status 0 when every cell had
 its expected outcome. The topology is described in lab.py.
 """
-import argparse
-import os
 import sys
 import tempfile
 import time
@@ -47,15 +45,9 @@ CLIENTS = [lab.Client("curl", "EPSV"), lab.Client("curl", "PORT"),
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap = lab.parser()
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("netns.py needs root (network namespaces, nftables)")
-    missing = lab.missing_tools()
-    if missing:
-        sys.exit("%s needs: " % os.path.basename(__file__) + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("netns.py")
 
     work = tempfile.mkdtemp(prefix="ftpgate-e2e-")
     topo = lab.Topology(work)

@@ -16,12 +16,10 @@ serves all three roles at once.
 - Without privileges, start-up fails and names the capability and the key.
 The topology is described in lab.py. Exit status 0 when every check passed.
 """
-import argparse
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -191,15 +189,9 @@ class Lab:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap = lab.parser()
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("router.py needs root (network namespaces, nftables)")
-    missing = lab.missing_tools(extra=("setpriv",))
-    if missing:
-        sys.exit("router.py needs: " + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("router.py", ("setpriv",))
     work = tempfile.mkdtemp(prefix="ftpgate-router-")
     os.chmod(work, 0o755)
     topo = lab.Topology(work)

@@ -10,7 +10,6 @@ clients' addresses and never the gateway's, as it does behind the kernel's FTP h
 DNAT (the baseline, in the same run). The topology is described in lab.py. Exit
 status 0 when every check passed.
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -74,15 +73,9 @@ class LoggingVsftpd(lab.Vsftpd):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ftpgate", required=True, help="path of the ftpgate binary")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap = lab.parser()
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("server_source.py needs root (network namespaces, nftables)")
-    missing = lab.missing_tools()
-    if missing:
-        sys.exit("server_source.py needs: " + ", ".join(missing) + " (run tests/run)")
+    lab.require_root_and_tools("server_source.py")
     work = tempfile.mkdtemp(prefix="ftpgate-srcsrv-")
     os.chmod(work, 0o755)
     topo = lab.Topology(work)
