@@ -212,30 +212,7 @@ pub(super) fn resolve_gateway(
     if let Some(problem) = g.nat64_prefix.and_then(|p| nat64_problem(p, &g)) {
         return Err((key("nat64_prefix"), problem));
     }
-    if g.server_source == ServerSource::Client {
-        let problem = if !matches!(g.upstream, Upstream::Fixed { .. }) {
-            Some(
-                "client is for the publish role (upstream: \"HOST:PORT\"): in the transparent \
-                 and explicit roles the server is on the internet, where a client's address \
-                 cannot come from the router"
-                    .to_owned(),
-            )
-        } else if client_side.address.to_canonical().is_ipv4()
-            != g.server_side.address.to_canonical().is_ipv4()
-        {
-            Some(
-                "client needs the client and server sides in one address family (FTP64 \
-                 translates between families: an IPv6 client address cannot reach an IPv4 \
-                 server)"
-                    .to_owned(),
-            )
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err((key("server_source"), problem));
-        }
-    }
+    check_server_source(&g, &client_side).map_err(|e| (key("server_source"), e))?;
     let client_source = g.client_source.unwrap_or(match g.upstream {
         Upstream::Transparent if g.nat64_prefix.is_none() => ClientSource::Server,
         _ => ClientSource::Gateway,
@@ -310,6 +287,32 @@ pub(super) fn resolve_gateway(
         nat64_prefix: g.nat64_prefix,
         intercept,
     })
+}
+
+/// `server_source: client` is for the publish role, with both sides in one family.
+fn check_server_source(g: &RawGateway, client_side: &SideConfig) -> Result<(), String> {
+    if g.server_source != ServerSource::Client {
+        return Ok(());
+    }
+    if !matches!(g.upstream, Upstream::Fixed { .. }) {
+        return Err(
+            "client is for the publish role (upstream: \"HOST:PORT\"): in the transparent \
+             and explicit roles the server is on the internet, where a client's address \
+             cannot come from the router"
+                .to_owned(),
+        );
+    }
+    if client_side.address.to_canonical().is_ipv4()
+        != g.server_side.address.to_canonical().is_ipv4()
+    {
+        return Err(
+            "client needs the client and server sides in one address family (FTP64 \
+             translates between families: an IPv6 client address cannot reach an IPv4 \
+             server)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// The checked `tls` of entry `g`. The files are read when the gateway starts (and by

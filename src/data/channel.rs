@@ -261,7 +261,15 @@ async fn accept_expected(
 
 /// Connects to `to`, starting from `from`, giving up (`TimedOut`) after `within`.
 pub async fn dial(to: SocketAddr, from: DialSource, within: Duration) -> io::Result<TcpStream> {
-    tokio::time::timeout(within, connect(to, from))
+    in_time(within, connect(to, from)).await
+}
+
+/// `io`, or a `TimedOut` error once `within` has passed.
+async fn in_time<T>(
+    within: Duration,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(within, io)
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
 }
@@ -338,9 +346,8 @@ async fn accept_tls(
 ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ChannelError> {
     let _ = client.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
-    let stream = tokio::time::timeout(within, acceptor.accept(client))
+    let stream = in_time(within, acceptor.accept(client))
         .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
         .map_err(ChannelError::Tls)?;
     let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     if tls.require_reuse && !resumed {
@@ -382,9 +389,8 @@ async fn server_side_tls(
     let _ = server.set_nodelay(true);
     let socket = socket2::SockRef::from(&server).try_clone().ok();
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&up.config));
-    let stream = tokio::time::timeout(ctx.timeout, connector.connect(up.name.clone(), server))
+    let stream = in_time(ctx.timeout, connector.connect(up.name.clone(), server))
         .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
         .map_err(ChannelError::ServerTls)?;
     Ok(DataStream {
         io: Box::new(stream),

@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::config::{
-    Config, GatewayConfig, InterceptMethod, KernelConfig, RelayMode, ServerSource, SideConfig,
-    Upstream,
+    Config, GatewayConfig, Intercept, InterceptMethod, KernelConfig, RelayMode, ServerSource,
+    SideConfig, Upstream,
 };
 
 use host::Host;
@@ -128,10 +128,7 @@ pub fn generate(
 fn missing_interfaces(config: &Config, host: &dyn Host) -> Vec<String> {
     let mut missing: Vec<(String, Vec<String>)> = Vec::new();
     for (i, g) in config.gateways.iter().enumerate() {
-        for (name, side) in [
-            ("client_side", &g.client_side),
-            ("server_side", &g.server_side),
-        ] {
+        for (name, side) in [side_of(g, true), side_of(g, false)] {
             let Some(iface) = side
                 .interface
                 .as_ref()
@@ -247,14 +244,10 @@ fn peers_of(
     client: bool,
     host: &dyn Host,
 ) -> Result<String, FirewallError> {
-    let (name, side) = if client {
-        ("client_side", &g.client_side)
-    } else {
-        ("server_side", &g.server_side)
+    let no_interface = match side_interface(g, i, client, host) {
+        Ok(iface) => return Ok(format!("iifname \"{iface}\"")),
+        Err(e) => e,
     };
-    if let Some(iface) = interface_of(side, host) {
-        return Ok(format!("iifname \"{iface}\""));
-    }
     let fam = family(g.listen.ip());
     let nets: Vec<String> = g
         .allow_clients
@@ -265,18 +258,35 @@ fn peers_of(
     if client && !nets.is_empty() {
         return Ok(format!("{fam} saddr {}", set_of(&nets)));
     }
-    Err(FirewallError::NoInterface {
-        key: format!("gateways[{i}].{name}.interface"),
-        address: side.address,
-    })
+    Err(no_interface)
 }
 
-/// A side's interface: as configured, or the one holding its address on this host.
-fn interface_of(side: &SideConfig, host: &dyn Host) -> Option<String> {
+/// Entry `g`'s client side (`client`) or server side, and its key in the configuration.
+fn side_of(g: &GatewayConfig, client: bool) -> (&'static str, &SideConfig) {
+    if client {
+        ("client_side", &g.client_side)
+    } else {
+        ("server_side", &g.server_side)
+    }
+}
+
+/// A side's interface: as configured, or the one holding its address on this host; or
+/// the error naming the key to set (entry `i`).
+fn side_interface(
+    g: &GatewayConfig,
+    i: usize,
+    client: bool,
+    host: &dyn Host,
+) -> Result<String, FirewallError> {
+    let (name, side) = side_of(g, client);
     side.interface
         .as_ref()
         .map(|i| i.0.clone())
         .or_else(|| host.interface_of(side.address).map(|(name, _)| name))
+        .ok_or_else(|| FirewallError::NoInterface {
+            key: format!("gateways[{i}].{name}.interface"),
+            address: side.address,
+        })
 }
 
 /// The rules of one gateway (entry `i`).
@@ -287,52 +297,81 @@ fn gateway_needs(
     mark: u32,
     host: &dyn Host,
 ) -> Result<(), FirewallError> {
-    let (lip, lport) = (g.listen.ip(), g.listen.port());
-    let data = format!("{}-{}", g.data_ports.first, g.data_ports.last);
-    let label = format!("comment \"{}\"", g.name);
-    let tproxy = g
-        .intercept
-        .as_ref()
-        .filter(|i| i.method == InterceptMethod::Tproxy);
-    // Control connections, and data connections to the data ports.
-    let to = |ip: IpAddr| {
-        if ip.is_unspecified() {
-            format!("meta nfproto {}", nfproto(ip))
-        } else {
-            format!("{} daddr {}", family(ip), ip)
-        }
+    let entry = Entry {
+        g,
+        i,
+        mark,
+        data: format!("{}-{}", g.data_ports.first, g.data_ports.last),
+        label: format!("comment \"{}\"", g.name),
     };
-    n.input.push(Accept {
-        ipv4: Some(lip.to_canonical().is_ipv4()),
-        rule: format!("{} tcp dport {lport} accept {label}", to(lip)),
-    });
-    let mut data_addrs: Vec<IpAddr> = Vec::new();
-    for ip in [g.client_side.address, g.server_side.address] {
-        if !data_addrs.contains(&ip) {
-            data_addrs.push(ip);
-        }
-    }
-    for v4 in [true, false] {
-        let addrs: Vec<String> = data_addrs
-            .iter()
-            .filter(|a| a.to_canonical().is_ipv4() == v4 && !a.is_unspecified())
-            .map(|a| a.to_canonical().to_string())
-            .collect();
-        if !addrs.is_empty() {
-            let fam = if v4 { "ip" } else { "ip6" };
-            n.input.push(Accept {
-                ipv4: Some(v4),
-                rule: format!(
-                    "{fam} daddr {} tcp dport {data} accept {label}",
-                    set_of(&addrs)
-                ),
-            });
-        }
-    }
+    entry.accepts(n);
     if g.server_source == ServerSource::Client {
-        // The server's active-mode connections go to the client's address, where
-        // ftpgate's transparent listener waits: delivered to it, new ones included.
-        let from = peers_of(g, i, false, host)?;
+        entry.server_connections(n, host)?;
+    }
+    match &g.intercept {
+        Some(intercept) => entry.interception(n, intercept, host),
+        None => Ok(()),
+    }
+}
+
+/// One gateway entry, and what its rules share.
+struct Entry<'a> {
+    g: &'a GatewayConfig,
+    /// Its index, for the keys errors name.
+    i: usize,
+    /// `policy_routing.mark`.
+    mark: u32,
+    /// Its data ports, as nft writes a range.
+    data: String,
+    /// The comment naming it.
+    label: String,
+}
+
+impl Entry<'_> {
+    /// Control connections to the listener, and data connections to the data ports.
+    fn accepts(&self, n: &mut Needs) {
+        let (g, data, label) = (self.g, &self.data, &self.label);
+        let (lip, lport) = (g.listen.ip(), g.listen.port());
+        let to = if lip.is_unspecified() {
+            format!("meta nfproto {}", nfproto(lip))
+        } else {
+            format!("{} daddr {}", family(lip), lip)
+        };
+        n.input.push(Accept {
+            ipv4: Some(lip.to_canonical().is_ipv4()),
+            rule: format!("{to} tcp dport {lport} accept {label}"),
+        });
+        let mut data_addrs: Vec<IpAddr> = Vec::new();
+        for ip in [g.client_side.address, g.server_side.address] {
+            if !data_addrs.contains(&ip) {
+                data_addrs.push(ip);
+            }
+        }
+        for v4 in [true, false] {
+            let addrs: Vec<String> = data_addrs
+                .iter()
+                .filter(|a| a.to_canonical().is_ipv4() == v4 && !a.is_unspecified())
+                .map(|a| a.to_canonical().to_string())
+                .collect();
+            if !addrs.is_empty() {
+                let fam = if v4 { "ip" } else { "ip6" };
+                n.input.push(Accept {
+                    ipv4: Some(v4),
+                    rule: format!(
+                        "{fam} daddr {} tcp dport {data} accept {label}",
+                        set_of(&addrs)
+                    ),
+                });
+            }
+        }
+    }
+
+    /// `server_source: client`: the server's active-mode connections go to the client's
+    /// address, where ftpgate's transparent listener waits: delivered to it, new ones
+    /// included.
+    fn server_connections(&self, n: &mut Needs, host: &dyn Host) -> Result<(), FirewallError> {
+        let (mark, data, label) = (self.mark, &self.data, &self.label);
+        let from = peers_of(self.g, self.i, false, host)?;
         n.mark.push(format!(
             "{from} meta l4proto tcp tcp dport {data} socket transparent 1 meta mark set {mark:#x} accept {label}"
         ));
@@ -340,53 +379,63 @@ fn gateway_needs(
             ipv4: None,
             rule: format!("meta mark {mark:#x} tcp dport {data} accept {label}"),
         });
+        Ok(())
     }
-    let Some(intercept) = &g.intercept else {
-        return Ok(());
-    };
-    // The transparent role: take the clients' FTP connections (and their passive data
-    // connections, port kept) to ftpgate.
-    let from = peers_of(g, i, true, host)?;
-    let ports: Vec<String> = intercept.ports.iter().map(u16::to_string).collect();
-    let listed = ports.join(", ");
-    let ports = set_of(&ports);
-    let towards = match g.nat64_prefix {
-        Some(prefix) => format!("ip6 daddr {}", prefix.0),
-        None => format!("meta nfproto {}", nfproto(lip)),
-    };
-    if tproxy.is_some() {
-        let fam = family(lip);
-        n.mark.push(format!(
-            "{from} {towards} meta l4proto tcp tcp dport {ports} tproxy {fam} to {} meta mark set {mark:#x} accept {label}",
-            host_port(lip, Some(lport))
+
+    /// The transparent role: take the clients' FTP connections (and their passive data
+    /// connections, port kept) to ftpgate, by DNAT/`redirect` or TPROXY.
+    fn interception(
+        &self,
+        n: &mut Needs,
+        intercept: &Intercept,
+        host: &dyn Host,
+    ) -> Result<(), FirewallError> {
+        let (g, mark, data, label) = (self.g, self.mark, &self.data, &self.label);
+        let (lip, lport) = (g.listen.ip(), g.listen.port());
+        let from = peers_of(g, self.i, true, host)?;
+        let ports: Vec<String> = intercept.ports.iter().map(u16::to_string).collect();
+        let listed = ports.join(", ");
+        let ports = set_of(&ports);
+        let towards = match g.nat64_prefix {
+            Some(prefix) => format!("ip6 daddr {}", prefix.0),
+            None => format!("meta nfproto {}", nfproto(lip)),
+        };
+        if intercept.method == InterceptMethod::Tproxy {
+            let fam = family(lip);
+            n.mark.push(format!(
+                "{from} {towards} meta l4proto tcp tcp dport {ports} tproxy {fam} to {} meta mark set {mark:#x} accept {label}",
+                host_port(lip, Some(lport))
+            ));
+            n.mark.push(format!(
+                "{from} {towards} meta l4proto tcp tcp dport {data} tproxy {fam} to {} meta mark set {mark:#x} accept {label}",
+                host_port(g.client_side.address, None)
+            ));
+            // TPROXY keeps the foreign destination: the mark tells these packets apart.
+            n.input.push(Accept {
+                ipv4: None,
+                rule: format!(
+                    "meta mark {mark:#x} tcp dport {{ {listed}, {data} }} accept {label}"
+                ),
+            });
+            return Ok(());
+        }
+        let (control, data_to) = if lip.is_unspecified() {
+            (format!("redirect to :{lport}"), "redirect".to_owned())
+        } else {
+            let fam = family(lip);
+            (
+                format!("dnat {fam} to {}", host_port(lip, Some(lport))),
+                format!("dnat {fam} to {}", host_port(g.client_side.address, None)),
+            )
+        };
+        n.intercept.push(format!(
+            "{from} {towards} tcp dport {ports} {control} {label}"
         ));
-        n.mark.push(format!(
-            "{from} {towards} meta l4proto tcp tcp dport {data} tproxy {fam} to {} meta mark set {mark:#x} accept {label}",
-            host_port(g.client_side.address, None)
+        n.intercept.push(format!(
+            "{from} {towards} tcp dport {data} {data_to} {label}"
         ));
-        // TPROXY keeps the foreign destination: the mark tells these packets apart.
-        n.input.push(Accept {
-            ipv4: None,
-            rule: format!("meta mark {mark:#x} tcp dport {{ {listed}, {data} }} accept {label}"),
-        });
-        return Ok(());
+        Ok(())
     }
-    let (control, data_to) = if lip.is_unspecified() {
-        (format!("redirect to :{lport}"), "redirect".to_owned())
-    } else {
-        let fam = family(lip);
-        (
-            format!("dnat {fam} to {}", host_port(lip, Some(lport))),
-            format!("dnat {fam} to {}", host_port(g.client_side.address, None)),
-        )
-    };
-    n.intercept.push(format!(
-        "{from} {towards} tcp dport {ports} {control} {label}"
-    ));
-    n.intercept.push(format!(
-        "{from} {towards} tcp dport {data} {data_to} {label}"
-    ));
-    Ok(())
 }
 
 /// ftpgate's own table: replaced whole on every load.
@@ -513,15 +562,7 @@ fn fits(a: &Accept, chain: &ChainRef) -> bool {
 fn sides(config: &Config, host: &dyn Host) -> Result<(Vec<String>, Vec<String>), FirewallError> {
     let (mut lan, mut wan) = (Vec::new(), Vec::new());
     let add = |list: &mut Vec<String>, g: &GatewayConfig, i: usize, client: bool| {
-        let (side, name) = if client {
-            (&g.client_side, "client_side")
-        } else {
-            (&g.server_side, "server_side")
-        };
-        let iface = interface_of(side, host).ok_or_else(|| FirewallError::NoInterface {
-            key: format!("gateways[{i}].{name}.interface"),
-            address: side.address,
-        })?;
+        let iface = side_interface(g, i, client, host)?;
         if !list.contains(&iface) {
             list.push(iface);
         }

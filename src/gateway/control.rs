@@ -203,10 +203,7 @@ impl ControlStream {
         let conn = ServerConnection::new(config).map_err(|e| e.to_string())?;
         self.tls = Some(Box::new(conn.into()));
         self.alerts = !implicit;
-        let result = tokio::time::timeout(within, self.handshake())
-            .await
-            .map_err(|_| format!("no handshake within {within:?}"))?
-            .map_err(|e| e.to_string());
+        let result = self.handshake_within(within).await;
         self.alerts = true;
         result
     }
@@ -221,6 +218,11 @@ impl ControlStream {
     ) -> Result<Vec<u8>, String> {
         let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
         self.tls = Some(Box::new(conn.into()));
+        self.handshake_within(within).await
+    }
+
+    /// Drives the handshake of the connection just set up, giving up after `within`.
+    async fn handshake_within(&mut self, within: Duration) -> Result<Vec<u8>, String> {
         tokio::time::timeout(within, self.handshake())
             .await
             .map_err(|_| format!("no TLS handshake within {within:?}"))?
