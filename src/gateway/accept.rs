@@ -22,6 +22,7 @@ use super::connection::Connection;
 use super::control::ControlStream;
 use super::upstream::{transparent_target, Target};
 use super::GatewayContext;
+use crate::tls::SessionTls;
 
 /// Refused connections are logged at most this often (rule logs are rate-limited,
 /// DESIGN.md §6.15); `ftpgate_refusals_total` counts every one.
@@ -115,6 +116,34 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// The implicit FTPS listener's handshake, before a byte is written: the session's TLS
+/// and the plain text that came with the handshake; `None` when there was no handshake
+/// (the client is closed then, without a word).
+async fn implicit_tls(
+    ctx: &GatewayContext,
+    client: &mut ControlStream,
+) -> Option<(Option<SessionTls>, Vec<u8>)> {
+    let tls = match ctx.tls.as_ref()?.session() {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up this session's TLS");
+            return None;
+        }
+    };
+    let within = ctx.limits.line_timeout.0;
+    match client
+        .accept_tls(Arc::clone(&tls.control), within, true)
+        .await
+    {
+        Ok(early) => Some((Some(tls), early)),
+        Err(why) => {
+            tracing::info!(error = %why, "implicit FTPS: no TLS handshake; closed");
+            client.shutdown().await;
+            None
+        }
+    }
+}
+
 /// Counts and (rate-limited) logs a connection refused before its session started.
 fn refuse_connection(ctx: &GatewayContext, peer: SocketAddr, rule: Rule, what: &str) {
     telemetry::refused(&ctx.name, rule);
@@ -171,31 +200,16 @@ async fn admit(ctx: Arc<GatewayContext>, mut stream: TcpStream, peer: SocketAddr
     let entry = ctx.registry.open(id, Arc::clone(&ctx.name), peer);
     let outcome = async {
         tracing::info!("session opened");
-        let tls = match ctx.tls.as_ref().map(|t| t.session()).transpose() {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot set up this session's TLS");
-                return "error";
-            }
-        };
         let mut client = ControlStream::plain(stream);
-        let mut early = Vec::new();
-        if implicit {
-            let Some(config) = tls.as_ref().map(|t| Arc::clone(&t.control)) else {
-                return "error";
-            };
-            match client
-                .accept_tls(config, ctx.limits.line_timeout.0, true)
-                .await
-            {
-                Ok(plain) => early = plain,
-                Err(why) => {
-                    tracing::info!(error = %why, "implicit FTPS: no TLS handshake; closed");
-                    client.shutdown().await;
-                    return "error";
-                }
+        // Explicit FTPS sets up its TLS at AUTH; implicit FTPS before anything else.
+        let (tls, early) = if implicit {
+            match implicit_tls(&ctx, &mut client).await {
+                Some(secured) => secured,
+                None => return "error",
             }
-        }
+        } else {
+            (None, Vec::new())
+        };
         // Built here and moved into run(): the task holds one connection, not copies.
         let connection = Connection::new(Arc::clone(&ctx), client, peer, target, entry, tls, early);
         match connection.run().await {

@@ -65,7 +65,6 @@ impl ChannelTasks {
         ctx: Arc<GatewayContext>,
         events: mpsc::UnboundedSender<(ChannelId, DataEvent)>,
         entry: Entry,
-        tls: Option<DataTls>,
     ) -> Self {
         let channel_ctx = ChannelContext {
             gateway: Arc::clone(&ctx.name),
@@ -76,7 +75,7 @@ impl ChannelTasks {
                 RelayMode::Kernel => RelayMode::Splice,
                 relay => relay,
             },
-            tls,
+            tls: None,
             server_tls: None,
         };
         Self {
@@ -86,6 +85,12 @@ impl ChannelTasks {
             protected: HashSet::new(),
             entry,
         }
+    }
+
+    /// TLS toward the client for the channels opened from now on (the session is
+    /// protected).
+    pub fn set_client_tls(&mut self, tls: DataTls) {
+        self.channel_ctx.tls = Some(tls);
     }
 
     /// TLS toward the server for the channels opened from now on (`tls.upstream`, once

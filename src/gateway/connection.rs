@@ -41,7 +41,8 @@ pub(super) struct Connection {
     session: Session,
     client: ControlStream,
     client_open: bool,
-    /// This session's TLS configurations toward its client (`tls: terminate`).
+    /// This session's TLS configurations toward its client (`tls: terminate`): made at
+    /// its implicit handshake or first `AUTH`.
     tls: Option<SessionTls>,
     /// The client's address (the source toward the server with `server_source: client`).
     peer_ip: std::net::IpAddr,
@@ -108,16 +109,12 @@ impl Connection {
             Some(Target::Name(h, _)) => Some(h.clone()),
             None => None,
         };
-        let data_tls = tls.as_ref().map(|t| DataTls {
-            config: Arc::clone(&t.data),
-            require_reuse: ctx.tls.as_ref().is_some_and(|t| t.require_reuse),
-        });
         let mut ready = VecDeque::new();
         if !early.is_empty() {
             ready.push_back(Event::ClientData(early));
         }
         let mut connection = Self {
-            channels: ChannelTasks::new(Arc::clone(&ctx), events_tx, entry, data_tls),
+            channels: ChannelTasks::new(Arc::clone(&ctx), events_tx, entry),
             shutdown: ctx.shutdown.clone(),
             ctx,
             session,
@@ -131,6 +128,9 @@ impl Connection {
             channel_events,
             ready,
         };
+        if let Some(tls) = connection.tls.clone() {
+            connection.secured(tls);
+        }
         if let (Some(target), Some(host)) = (target, host) {
             connection.dial(target, &host, None);
         }
@@ -302,17 +302,43 @@ impl Connection {
     }
 
     /// The TLS handshake `AUTH` asked for, before anything more is read from the client.
+    /// The session's TLS toward its client is set up now, at the first `AUTH`: sessions
+    /// that never ask for TLS cost nothing of it.
     async fn start_client_tls(&mut self) {
-        let result = match (&self.tls, self.client_open) {
-            (Some(tls), true) => {
+        let result = match (self.session_tls(), self.client_open) {
+            (Ok(tls), true) => {
                 let within = self.ctx.limits.line_timeout.0;
-                let config = Arc::clone(&tls.control);
-                self.client.accept_tls(config, within, false).await
+                self.client.accept_tls(tls.control, within, false).await
             }
-            (None, _) => Err("this gateway has no TLS configuration".into()),
+            (Err(why), _) => Err(why),
             (_, false) => Err("the client is gone".into()),
         };
         self.handshake_done(result, Event::ClientTls, Event::ClientData);
+    }
+
+    /// The session's TLS configurations, made when first needed.
+    fn session_tls(&mut self) -> Result<SessionTls, String> {
+        if let Some(tls) = &self.tls {
+            return Ok(tls.clone());
+        }
+        let tls = self
+            .ctx
+            .tls
+            .as_ref()
+            .ok_or("this gateway has no TLS configuration")?
+            .session()
+            .map_err(|e| e.to_string())?;
+        self.tls = Some(tls.clone());
+        self.secured(tls.clone());
+        Ok(tls)
+    }
+
+    /// Data channels of a protected session use its TLS toward the client.
+    fn secured(&mut self, tls: SessionTls) {
+        self.channels.set_client_tls(DataTls {
+            config: tls.data,
+            require_reuse: self.ctx.tls.as_ref().is_some_and(|t| t.require_reuse),
+        });
     }
 
     /// The TLS handshake with the server after its `234` to ftpgate's `AUTH TLS`.
